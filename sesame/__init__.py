@@ -1,0 +1,1 @@
+"""Sesame's shared core: settings, database access, ids, secrets and logging."""
