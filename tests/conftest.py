@@ -62,3 +62,9 @@ def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
         data_dir=tmp_path_factory.mktemp("data"),
         dns_nameservers="127.0.0.1:1",
     )
+
+
+pytest_plugins = [
+    "tests.support.dns_server",
+    "tests.support.smtp_sink",
+]

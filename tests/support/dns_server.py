@@ -1,0 +1,1 @@
+"""Loopback DNS server for tests (being written)."""

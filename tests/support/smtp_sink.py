@@ -1,0 +1,1 @@
+"""Loopback SMTP sinks for tests (being written)."""
