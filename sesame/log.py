@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "sesame_log_context", default={}
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "sesame_log_context", default=None
 )
 
 
@@ -26,7 +26,7 @@ def _quote(value: Any) -> str:
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields = dict(_context.get())
+        fields = dict(_context.get() or {})
         fields.update(getattr(record, "fields", {}))
         parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname, record.name]
         parts.append(record.getMessage())
@@ -47,7 +47,9 @@ def setup(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(
+    logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any
+) -> None:
     """Log one event with key=value fields (never pass secrets or bodies)."""
     if logger.isEnabledFor(level):
         logger.log(level, name, extra={"fields": fields})
@@ -56,7 +58,7 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
 @contextmanager
 def bound(**fields: Any) -> Iterator[None]:
     """Add fields to every log line written inside the block."""
-    token = _context.set({**_context.get(), **fields})
+    token = _context.set({**(_context.get() or {}), **fields})
     try:
         yield
     finally:

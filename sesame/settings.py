@@ -108,7 +108,8 @@ class Settings(BaseSettings):
         50400.0, description="give-up age of a recipient, then it bounces (seconds)"
     )
     sweep_seconds: float = Field(
-        5.0, description="how often the scheduler looks for due or abandoned work (seconds)"
+        5.0,
+        description="how often the scheduler looks for due or abandoned work (seconds)",
     )
     identity_recheck_seconds: float = Field(
         300.0, description="how often pending domains are looked up in DNS (seconds)"
@@ -154,7 +155,9 @@ class Settings(BaseSettings):
             item = item.strip()
             if not item:
                 continue
-            host, _, port = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+            host, _, port = (
+                item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+            )
             servers.append((host or item, int(port) if port else 53))
         return servers
 

@@ -67,4 +67,6 @@ def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
 pytest_plugins = [
     "tests.support.dns_server",
     "tests.support.smtp_sink",
+    "tests.support.api_server",
+    "tests.support.pipeline",
 ]

@@ -1,0 +1,312 @@
+"""The ``sesame`` command: run components, migrate, and manage accounts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from sesame import accounts, crypto, db, embedded
+from sesame import log as logsetup
+from sesame.settings import Settings, get_settings
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with a non-zero exit status."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    logsetup.setup(settings.log_level)
+    try:
+        result: int = args.run(settings, args)
+        return result
+    except CliError as exc:
+        print(f"sesame: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as exc:
+        print(
+            f"sesame: database unavailable: {str(exc).splitlines()[0]}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sesame", description="Self-hosted, Amazon SES-compatible email sending."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, run: Callable[[Settings, argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(run=run)
+        return p
+
+    command("up", _up, "run every component under one supervisor")
+    command("api", _api, "run the HTTP API (SES v1 Query, SESv2)")
+    command("smtp", _smtp, "run the SMTP submission server")
+    command("mx", _mx, "run the inbound MX for bounces and complaints")
+    command("worker", _worker, "run one delivery worker process")
+    command("scheduler", _scheduler, "run the scheduler (dispatch, sweeps, rollups)")
+    command("migrate", _migrate, "apply database migrations (idempotent)")
+    command("config", _config, "list every setting with its default, unit and value")
+
+    account = sub.add_parser(
+        "account", help="manage accounts", description="manage accounts"
+    )
+    acc = account.add_subparsers(
+        dest="account_command", required=True, metavar="ACTION"
+    )
+
+    def account_command(
+        name: str, run: Callable[..., Awaitable[Any]], text: str
+    ) -> argparse.ArgumentParser:
+        p = acc.add_parser(name, help=text, description=text)
+        p.set_defaults(run=lambda settings, args: _account(settings, args, run))
+        return p
+
+    p = account_command(
+        "create", _account_create, "create an account; print its credentials as JSON"
+    )
+    p.add_argument("name")
+    p.add_argument("--production", action="store_true", help="skip the sandbox")
+    account_command("list", _account_list, "list accounts as JSON")
+    for name, run, text in (
+        ("show", _account_show, "show one account's quota, usage and status as JSON"),
+        ("grant-production", _account_grant, "move an account out of the sandbox"),
+        ("pause", _account_pause, "pause an account's sending (operator)"),
+        ("resume", _account_resume, "resume an account's sending (operator)"),
+    ):
+        account_command(name, run, text).add_argument("account_id")
+    p = account_command("set-quota", _account_set_quota, "override an account's quota")
+    p.add_argument("account_id")
+    p.add_argument(
+        "--max-24-hour-send", type=float, help="recipients per rolling 24 hours"
+    )
+    p.add_argument("--max-send-rate", type=float, help="recipients per second")
+    return parser
+
+
+# -- components ---------------------------------------------------------------
+
+
+def _stores(settings: Settings) -> Settings:
+    """Settings with database and Redis URLs, starting embedded stores if unset."""
+    if settings.database_url and settings.redis_url:
+        return settings
+    stores = embedded.start(settings)
+    embedded.export(stores)
+    return settings.model_copy(
+        update={"database_url": stores.database_url, "redis_url": stores.redis_url}
+    )
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from sesame import supervisor
+
+    return supervisor.run(_stores(settings))
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _stores(settings)
+    db.migrate(settings.database_url or "")
+    uvicorn.run(
+        "api.app:app_from_environment",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _smtp(settings: Settings, args: argparse.Namespace) -> int:
+    raise CliError("the SMTP submission server is not part of this build yet")
+
+
+def _mx(settings: Settings, args: argparse.Namespace) -> int:
+    raise CliError("the inbound MX is not part of this build yet")
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import deliver
+
+    return deliver.run_worker(_stores(settings))
+
+
+def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import scheduler
+
+    return asyncio.run(scheduler.run(_stores(settings)))
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    settings = _stores(settings)
+    applied = db.migrate(settings.database_url or "")
+    print(json.dumps({"Applied": applied}))
+    return 0
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    for name, field in Settings.model_fields.items():
+        env = "SESAME_" + name.upper()
+        default = field.default
+        print(f"{env}")
+        print(f"    default: {default!s}    current: {getattr(settings, name)!s}")
+        print(f"    {field.description}")
+    return 0
+
+
+# -- accounts -----------------------------------------------------------------
+
+
+def _account(
+    settings: Settings, args: argparse.Namespace, run: Callable[..., Awaitable[Any]]
+) -> int:
+    settings = _stores(settings)
+    db.migrate(settings.database_url or "")
+
+    async def go() -> Any:
+        box = crypto.SecretBox(
+            crypto.load_or_create_key(settings.secret_key, settings.data_dir)
+        )
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url or "", autocommit=True
+        ) as conn:
+            return await run(conn, box, settings, args)
+
+    print(json.dumps(asyncio.run(go()), indent=2, default=str))
+    return 0
+
+
+async def _account_create(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    account, creds = await accounts.create_account(
+        conn, box, settings, args.name, args.production
+    )
+    return {
+        "AccountId": account.id,
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "SmtpUsername": creds.smtp_username,
+        "SmtpPassword": creds.smtp_password,
+    }
+
+
+async def _account_list(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    return [_summary(a) for a in await accounts.list_accounts(conn)]
+
+
+async def _account_show(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    account = await _load(conn, args.account_id)
+    cur = await conn.execute(
+        "select coalesce(sum(recipient_count), 0) from messages where account_id = %s"
+        " and interface <> 'system' and created_at > now() - interval '24 hours'",
+        (account.id,),
+    )
+    sent = (await cur.fetchone())[0]
+    cur = await conn.execute(
+        "select state, count(*) from recipients where account_id = %s group by state",
+        (account.id,),
+    )
+    states = {row[0]: row[1] for row in await cur.fetchall()}
+    return {**_summary(account), "SentLast24Hours": float(sent), "Recipients": states}
+
+
+async def _account_grant(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    account = await _load(conn, args.account_id)
+    changes: dict[str, Any] = {"production": True}
+    if not account.quota_override and not account.production:
+        changes["max_24_hour_send"] = settings.production_max_24_hour_send
+        changes["max_send_rate"] = settings.production_max_send_rate
+    return _summary(await accounts.update_account(conn, account.id, **changes))
+
+
+async def _account_set_quota(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    account = await _load(conn, args.account_id)
+    changes: dict[str, Any] = {"quota_override": True}
+    if args.max_24_hour_send is not None:
+        if args.max_24_hour_send < 0:
+            raise CliError("--max-24-hour-send must not be negative")
+        changes["max_24_hour_send"] = args.max_24_hour_send
+    if args.max_send_rate is not None:
+        if args.max_send_rate <= 0:
+            raise CliError("--max-send-rate must be positive")
+        changes["max_send_rate"] = args.max_send_rate
+    if len(changes) == 1:
+        raise CliError("give --max-24-hour-send and/or --max-send-rate")
+    return _summary(await accounts.update_account(conn, account.id, **changes))
+
+
+async def _account_pause(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    account = await _load(conn, args.account_id)
+    return _summary(
+        await accounts.update_account(conn, account.id, paused_by_operator=True)
+    )
+
+
+async def _account_resume(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    account = await _load(conn, args.account_id)
+    return _summary(
+        await accounts.update_account(conn, account.id, paused_by_operator=False)
+    )
+
+
+async def _load(conn: Any, account_id: str) -> accounts.Account:
+    account = await accounts.get_account(conn, account_id)
+    if account is None:
+        raise CliError(f"no account {account_id}")
+    return account
+
+
+def _summary(account: accounts.Account | None) -> dict[str, Any]:
+    assert account is not None
+    return {
+        "AccountId": account.id,
+        "Name": account.name,
+        "ProductionAccessEnabled": account.production,
+        "SendingEnabled": account.sending_enabled,
+        "PausedByOperator": account.paused_by_operator,
+        "EnforcementStatus": account.enforcement_status.upper(),
+        "SendQuota": {
+            "Max24HourSend": account.max_24_hour_send,
+            "MaxSendRate": account.max_send_rate,
+        },
+        "QuotaOverride": account.quota_override,
+        "CreatedTimestamp": account.created_at.isoformat(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
