@@ -61,6 +61,8 @@ def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPat
         redis_url=redis_url,
         data_dir=tmp_path_factory.mktemp("data"),
         dns_nameservers="127.0.0.1:1",
+        # Tests change accounts and identities behind the API's back.
+        account_cache_seconds=0.0,
     )
 
 

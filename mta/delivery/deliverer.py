@@ -1,0 +1,397 @@
+"""Deliver a claimed batch of recipients and record every outcome.
+
+The story of one batch: load the claimed rows, resolve each destination once,
+sign each message once, send over reused sessions, then write all outcomes and
+events in one transaction that only touches rows still holding our lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+
+from mta import dns, verp
+from mta.delivery import dkim, outcome
+from mta.delivery.outcome import AttemptOutcome, AttemptResult
+from mta.delivery.session import SessionPool
+from sesame.cache import TtlCache
+from sesame.log import event
+from sesame.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DKIM_KEY_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A recipient row claimed for this attempt, with its message."""
+
+    id: int
+    message_id: str
+    account_id: str
+    address: str
+    domain: str
+    attempts: int
+    expires_at: datetime
+    created_at: datetime
+    from_domain: str | None
+    raw: bytes
+
+
+class Deliverer:
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.settings = settings
+        self.resolver = dns.Resolver(settings.nameservers, settings.dns_timeout_seconds)
+        self._smarthost = _smarthost(settings.smarthost)
+        self.sessions = SessionPool(
+            local_hostname=settings.hostname,
+            port=self._smarthost[1] if self._smarthost else settings.delivery_port,
+            connect_timeout=settings.smtp_connect_timeout_seconds,
+            command_timeout=settings.smtp_command_timeout_seconds,
+        )
+        self.verp_key = verp.verp_key(runtime.key)
+        self.slots = asyncio.Semaphore(settings.delivery_concurrency)
+        self._keys: TtlCache[tuple[str, str], list[dkim.DkimKey]] = TtlCache(
+            DKIM_KEY_CACHE_SECONDS
+        )
+
+    async def close(self) -> None:
+        await self.sessions.close()
+
+    async def deliver(self, recipient_ids: list[int], lease_token: str) -> int:
+        """Attempt every still-claimed recipient of the batch; return how many."""
+        rows = await self._claimed(recipient_ids, lease_token)
+        if not rows:
+            return 0
+
+        signed: dict[str, asyncio.Task[bytes]] = {}
+        for row in rows:
+            if row.message_id not in signed:
+                signed[row.message_id] = asyncio.ensure_future(self._sign(row))
+
+        started = datetime.now(UTC)
+        results = await asyncio.gather(
+            *(self._attempt(row, signed[row.message_id]) for row in rows)
+        )
+
+        await self._record(rows, results, lease_token, started)
+        return len(rows)
+
+    async def _claimed(self, ids: list[int], lease_token: str) -> list[Claimed]:
+        async with self.runtime.pool.connection() as conn:
+            cur = await conn.execute(
+                "select r.id, r.message_id, r.account_id, r.address, r.domain,"
+                " r.attempts, r.expires_at, m.created_at, m.from_domain, m.raw"
+                " from recipients r join messages m on m.id = r.message_id"
+                " where r.id = any(%s) and r.lease_token = %s and r.state = 'sending'",
+                (ids, lease_token),
+            )
+            return [
+                Claimed(*row[:9], bytes(row[9]))  # type: ignore[arg-type]
+                for row in await cur.fetchall()
+            ]
+
+    async def _sign(self, row: Claimed) -> bytes:
+        if not row.from_domain:
+            return row.raw
+        keys = await self._signing_keys(row.account_id, row.from_domain)
+        if not keys:
+            return row.raw
+        started = time.perf_counter()
+        header = dkim.sign(row.raw, keys)
+        event(
+            log,
+            "message signed",
+            logging.DEBUG,
+            message_id=row.message_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return header + row.raw
+
+    async def _addresses(self, host: str) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return await self.resolver.addresses(host)
+        return [host]
+
+    async def _signing_keys(self, account_id: str, domain: str) -> list[dkim.DkimKey]:
+        async def load() -> list[dkim.DkimKey]:
+            async with self.runtime.pool.connection() as conn:
+                return await _load_keys(conn, self.runtime, account_id, domain)
+
+        return await self._keys.get((account_id, domain), load)
+
+    async def _attempt(
+        self, row: Claimed, signed: asyncio.Task[bytes]
+    ) -> AttemptResult:
+        async with self.slots:
+            if self._smarthost:
+                name = self._smarthost[0]
+                hosts = [(name, ip) for ip in await self._addresses(name)]
+            else:
+                route = await self.resolver.route(row.domain)
+                if isinstance(route, dns.RouteFailure):
+                    return outcome.dns_failure(
+                        route.permanent, route.enhanced_status, route.reason
+                    )
+                hosts = [(mx.name, ip) for mx in route.hosts for ip in mx.addresses]
+            data = await signed
+            mail_from = verp.return_path(
+                row.id, self.settings.return_path_domain, self.verp_key
+            )
+            try:
+                results = await self.sessions.send(
+                    hosts=hosts, mail_from=mail_from, rcpt_to=[row.address], data=data
+                )
+            except Exception as exc:  # a bug must not lose the batch's other outcomes
+                log.exception(
+                    "delivery attempt failed",
+                    extra={
+                        "fields": {
+                            "message_id": row.message_id,
+                            "recipient_domain": row.domain,
+                        }
+                    },
+                )
+                return outcome.connection_failure(
+                    f"internal error: {type(exc).__name__}", None
+                )
+            return results[0]
+
+    async def _record(
+        self,
+        rows: list[Claimed],
+        results: list[AttemptResult],
+        lease_token: str,
+        started: datetime,
+    ) -> None:
+        now = datetime.now(UTC)
+        updates: list[tuple[Any, ...]] = []
+        attempts: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        suppressions: list[tuple[Any, ...]] = []
+        for row, result in zip(rows, results, strict=True):
+            state, next_at, kind = self._next_state(row, result, now)
+            updates.append(
+                (
+                    state,
+                    next_at,
+                    result.smtp_code,
+                    result.enhanced_status,
+                    result.response[:1000],
+                    result.mx_host,
+                    row.id,
+                    lease_token,
+                )
+            )
+            attempts.append(
+                (
+                    row.id,
+                    row.attempts,
+                    result.outcome.value,
+                    result.mx_host,
+                    result.smtp_code,
+                    result.enhanced_status,
+                    result.response[:1000],
+                    started,
+                    int((now - started).total_seconds() * 1000),
+                )
+            )
+            events.append(_event(row, result, kind, now, next_at))
+            if kind == "bounce" and result.suppressible:
+                suppressions.append(
+                    (row.account_id, row.address.lower(), row.message_id)
+                )
+            event(
+                log,
+                "attempt finished",
+                account_id=row.account_id,
+                message_id=row.message_id,
+                recipient_domain=row.domain,
+                attempt=row.attempts,
+                mx=result.mx_host,
+                smtp_code=result.smtp_code,
+                enhanced_status=result.enhanced_status,
+                outcome=result.outcome.value,
+            )
+
+        async with self.runtime.pool.connection() as conn:
+            async with conn.transaction():
+                cur = conn.cursor()
+                await cur.executemany(
+                    "update recipients set state = %s, next_attempt_at = coalesce(%s,"
+                    " next_attempt_at), smtp_code = %s, enhanced_status = %s,"
+                    " response = %s, mx_host = %s, lease_until = null,"
+                    " lease_token = null, updated_at = now()"
+                    " where id = %s and lease_token = %s",
+                    updates,
+                )
+                await cur.executemany(
+                    "insert into delivery_attempts (recipient_id, attempt, outcome,"
+                    " mx_host, smtp_code, enhanced_status, response, started_at,"
+                    " duration_ms) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    attempts,
+                )
+                await cur.executemany(
+                    "insert into events (account_id, message_id, recipient_id,"
+                    " event_type, recipient, bounce_type, bounce_subtype, detail)"
+                    " values (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    events,
+                )
+                if suppressions:
+                    await cur.executemany(
+                        "insert into suppressions (account_id, address, reason,"
+                        " message_id) values (%s, %s, 'BOUNCE', %s)"
+                        " on conflict (account_id, address) do update set"
+                        " updated_at = now(), message_id = excluded.message_id",
+                        suppressions,
+                    )
+
+    def _next_state(
+        self, row: Claimed, result: AttemptResult, now: datetime
+    ) -> tuple[str, datetime | None, str]:
+        """Return (state, next attempt time, event type) after an attempt."""
+        if result.outcome is AttemptOutcome.DELIVERED:
+            return "delivered", None, "delivery"
+        if result.outcome is AttemptOutcome.FAILED:
+            return "bounced", None, "bounce"
+        if now >= row.expires_at:
+            return "bounced", None, "expired"
+        delay = retry_delay(
+            row.attempts,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_interval_seconds,
+            result.retry_after,
+        )
+        return "deferred", min(now + timedelta(seconds=delay), row.expires_at), "delay"
+
+
+def retry_delay(
+    attempt: int, base: float, cap: float, hint: float | None = None
+) -> float:
+    """Seconds before the next attempt: doubling from ``base``, at most ``cap``.
+
+    Jitter only lengthens a delay (by up to 10 %), so successive delays never
+    shrink; a server's "try again in N seconds" hint is honoured up to the cap.
+    """
+    delay = base * (2 ** max(0, attempt - 1)) * (1 + random.random() * 0.1)
+    if hint:
+        delay = max(delay, hint)
+    return min(delay, cap)
+
+
+def _event(
+    row: Claimed,
+    result: AttemptResult,
+    kind: str,
+    now: datetime,
+    next_at: datetime | None,
+) -> tuple[Any, ...]:
+    diagnostic = (
+        f"smtp; {result.smtp_code} {result.response}"
+        if result.smtp_code
+        else result.response
+    )
+    if kind == "delivery":
+        detail = {
+            "timestamp": now.isoformat(),
+            "processingTimeMillis": int((now - row.created_at).total_seconds() * 1000),
+            "smtpResponse": f"{result.smtp_code} {result.response}".strip(),
+            "reportingMTA": result.mx_host,
+        }
+        return (
+            row.account_id,
+            row.message_id,
+            row.id,
+            "delivery",
+            row.address,
+            None,
+            None,
+            orjson.dumps(detail).decode(),
+        )
+    if kind == "delay":
+        detail = {
+            "delayType": result.delay_type or "Undetermined",
+            "status": result.enhanced_status,
+            "diagnosticCode": diagnostic,
+            "expirationTime": row.expires_at.isoformat(),
+            "nextAttemptAt": next_at.isoformat() if next_at else None,
+        }
+        return (
+            row.account_id,
+            row.message_id,
+            row.id,
+            "delivery_delay",
+            row.address,
+            None,
+            None,
+            orjson.dumps(detail).decode(),
+        )
+    detail = {
+        "action": "failed",
+        "status": result.enhanced_status,
+        "diagnosticCode": diagnostic,
+        "remoteMta": result.mx_host,
+    }
+    bounce_type = result.bounce_type or "Transient"
+    subtype = result.bounce_subtype or "General"
+    return (
+        row.account_id,
+        row.message_id,
+        row.id,
+        "bounce",
+        row.address,
+        bounce_type,
+        subtype,
+        orjson.dumps(detail).decode(),
+    )
+
+
+async def _load_keys(
+    conn: AsyncConnection[Any], runtime: Runtime, account_id: str, domain: str
+) -> list[dkim.DkimKey]:
+    """Keys of the closest verified DKIM domain identity covering ``domain``."""
+    labels = domain.split(".")
+    candidates = [".".join(labels[i:]) for i in range(len(labels) - 1)]
+    cur = await conn.execute(
+        "select i.name, k.selector, k.private_key_sealed from identities i"
+        " join dkim_keys k on k.identity_id = i.id"
+        " where i.account_id = %s and i.name = any(%s) and i.kind = 'domain'"
+        " and i.dkim_enabled and i.dkim_status = 'success' and k.active"
+        " order by length(i.name) desc, k.id",
+        (account_id, candidates),
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        return []
+    best = rows[0][0]
+    keys = []
+    for name, selector, sealed in rows:
+        if name != best:
+            continue
+        pem = runtime.box.open(bytes(sealed), selector.encode())
+        keys.append(dkim.load_key(name, selector, pem))
+    return keys
+
+
+def _smarthost(value: str | None) -> tuple[str, int] | None:
+    """Parse ``host:port`` (port 25 when omitted)."""
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        return value, 25
+    return host.strip("[]"), int(port)

@@ -1,0 +1,291 @@
+"""Accepted mail reaches loopback sinks; every outcome is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dkim
+import dns.resolver
+import psycopg
+import pytest
+
+from mta import identities
+from tests.support.api_server import create_account, verify_identity
+
+SEND = {
+    "Destination": {"ToAddresses": ["user@dest.test"]},
+    "Message": {"Subject": {"Data": "Hello"}, "Body": {"Text": {"Data": "Body text"}}},
+}
+
+
+@pytest.fixture
+def delivery_settings(settings, dns_server, delivery_port):
+    dns_server.add("dest.test", "MX", "10 mx1.dest.test.")
+    dns_server.add("mx1.dest.test", "A", "127.0.0.2")
+    return settings.model_copy(
+        update={
+            "dns_nameservers": dns_server.nameservers,
+            "delivery_port": delivery_port,
+            "retry_base_seconds": 0.2,
+            "retry_max_interval_seconds": 0.5,
+            "dns_timeout_seconds": 1.0,
+        }
+    )
+
+
+@pytest.fixture
+def sender(delivery_settings, redis_client):
+    from tests.support.api_server import start_api
+
+    server = start_api(delivery_settings)
+    account, creds = create_account(server.settings, "sender", production=True)
+    verify_identity(server.settings, account.id, "example.com")
+    yield server, account, server.client(creds)
+    server.server.should_exit = True
+    server.thread.join(10)
+
+
+def rows(settings, sql, *params):
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def test_message_is_delivered_with_verp_return_path(
+    sender, smtp_sink, pipeline_factory
+):
+    server, account, ses = sender
+    mid = ses.send_email(Source="Sender <sender@example.com>", **SEND)["MessageId"]
+    pipeline = await pipeline_factory(server.settings)
+    await pipeline.drain()
+
+    assert len(smtp_sink.messages) == 1
+    received = smtp_sink.messages[0]
+    assert received.rcpt_tos == ["user@dest.test"]
+    assert received.mail_from.endswith("@localhost") and received.mail_from.startswith(
+        "b-"
+    )
+    assert f"<{mid}@localhost>".encode() in received.data
+    [(state, code)] = rows(
+        server.settings,
+        "select state, smtp_code from recipients where message_id = %s",
+        mid,
+    )
+    assert (state, code) == ("delivered", 250)
+    kinds = sorted(
+        r[0]
+        for r in rows(
+            server.settings, "select event_type from events where message_id = %s", mid
+        )
+    )
+    assert kinds == ["delivery", "send"]
+
+
+async def test_dkim_signature_verifies_at_the_receiver(
+    sender, smtp_sink, dns_server, pipeline_factory
+):
+    server, account, ses = sender
+    tokens = ses.verify_domain_dkim(Domain="example.com")["DkimTokens"]
+    pipeline = await pipeline_factory(server.settings)
+    async with pipeline.runtime.pool.connection() as conn:
+        identity = await identities.get_identity(conn, account.id, "example.com")
+        for record in await identities.dns_records(conn, identity):
+            dns_server.add(record.name, record.type, record.value)
+    await pipeline.scheduler.recheck_identities()
+    attrs = ses.get_identity_dkim_attributes(Identities=["example.com"])[
+        "DkimAttributes"
+    ]["example.com"]
+    assert attrs["DkimVerificationStatus"] == "Success"
+    assert len(tokens) == 3
+
+    raw = (
+        b"From: Sender <sender@example.com>\r\nTo: user@dest.test\r\nSubject: signed\r\n\r\n"
+        b"bare LF line\nand a very long line " + b"x" * 1200 + b"\r\n"
+    )
+    ses.send_raw_email(RawMessage={"Data": raw})
+    await pipeline.drain()
+    data = smtp_sink.messages[-1].data
+    assert data.startswith(b"DKIM-Signature:")
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+    def dnsfunc(name, timeout=5):
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [dns_server.host]
+        resolver.port = dns_server.port
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        return b"".join(b"".join(rdata.strings) for rdata in answer)
+
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+
+
+async def test_permanent_failure_bounces_and_suppresses(
+    sender, smtp_sink, pipeline_factory
+):
+    server, account, ses = sender
+    smtp_sink.rcpt_replies["user@dest.test"] = "550 5.1.1 No such user"
+    mid = ses.send_email(Source="sender@example.com", **SEND)["MessageId"]
+    pipeline = await pipeline_factory(server.settings)
+    await pipeline.drain()
+    [(state, status)] = rows(
+        server.settings,
+        "select state, enhanced_status from recipients where message_id = %s",
+        mid,
+    )
+    assert (state, status) == ("bounced", "5.1.1")
+    [(btype, subtype)] = rows(
+        server.settings,
+        "select bounce_type, bounce_subtype from events where message_id = %s and event_type = 'bounce'",
+        mid,
+    )
+    assert (btype, subtype) == ("Permanent", "NoEmail")
+    assert rows(
+        server.settings,
+        "select reason from suppressions where account_id = %s and address = 'user@dest.test'",
+        account.id,
+    ) == [("BOUNCE",)]
+
+    # The next send to the suppressed address is accepted but never attempted.
+    mid2 = ses.send_email(Source="sender@example.com", **SEND)["MessageId"]
+    await pipeline.drain()
+    assert rows(
+        server.settings, "select state from recipients where message_id = %s", mid2
+    ) == [("suppressed",)]
+    assert rows(
+        server.settings,
+        "select bounce_subtype from events where message_id = %s and event_type = 'bounce'",
+        mid2,
+    ) == [("OnAccountSuppressionList",)]
+    assert len(smtp_sink.messages) == 0
+
+
+async def test_tempfail_is_retried_then_delivered(sender, smtp_sink, pipeline_factory):
+    server, account, ses = sender
+    smtp_sink.rcpt_replies["user@dest.test"] = "451 4.7.1 Try again later"
+    mid = ses.send_email(Source="sender@example.com", **SEND)["MessageId"]
+    pipeline = await pipeline_factory(server.settings)
+    await pipeline.scheduler.dispatch()
+    await pipeline.run_jobs()
+    [(state, attempts)] = rows(
+        server.settings,
+        "select state, attempts from recipients where message_id = %s",
+        mid,
+    )
+    assert (state, attempts) == ("deferred", 1)
+    smtp_sink.rcpt_replies.clear()
+    await asyncio.sleep(0.3)
+    await pipeline.drain()
+    assert rows(
+        server.settings,
+        "select state, attempts from recipients where message_id = %s",
+        mid,
+    ) == [("delivered", 2)]
+    kinds = [
+        r[0]
+        for r in rows(
+            server.settings,
+            "select event_type from events where message_id = %s order by id",
+            mid,
+        )
+    ]
+    assert kinds == ["send", "delivery_delay", "delivery"]
+    assert len(smtp_sink.messages) == 1
+
+
+async def test_nxdomain_and_null_mx_fail_without_connecting(
+    sender, smtp_sink, dns_server, pipeline_factory
+):
+    server, account, ses = sender
+    dns_server.null_mx("nullmx.test")
+    mid = ses.send_email(
+        Source="sender@example.com",
+        Destination={"ToAddresses": ["a@nowhere.test", "b@nullmx.test"]},
+        Message=SEND["Message"],
+    )["MessageId"]
+    pipeline = await pipeline_factory(server.settings)
+    await pipeline.drain()
+    got = dict(
+        rows(
+            server.settings,
+            "select address, enhanced_status from recipients where message_id = %s and state = 'bounced'",
+            mid,
+        )
+    )
+    assert got == {"a@nowhere.test": "5.1.2", "b@nullmx.test": "5.1.10"}
+    assert smtp_sink.messages == []
+
+
+async def test_tempfail_until_give_up_bounces_exactly_once(
+    sender, smtp_sink, pipeline_factory
+):
+    server, account, ses = sender
+    smtp_sink.rcpt_replies["user@dest.test"] = "451 4.4.1 Still busy"
+    mid = ses.send_email(Source="sender@example.com", **SEND)["MessageId"]
+    with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "update recipients set expires_at = now() + interval '1.5 seconds' where message_id = %s",
+            (mid,),
+        )
+    pipeline = await pipeline_factory(server.settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while loop.time() < deadline:
+        await pipeline.scheduler.sweep()
+        await pipeline.scheduler.dispatch()
+        await pipeline.run_jobs()
+        if rows(
+            server.settings, "select state from recipients where message_id = %s", mid
+        ) == [("bounced",)]:
+            break
+        await asyncio.sleep(0.1)
+    attempts = rows(
+        server.settings,
+        "select started_at from delivery_attempts da join recipients r on r.id = da.recipient_id where r.message_id = %s order by da.id",
+        mid,
+    )
+    assert len(attempts) >= 2
+    bounces = rows(
+        server.settings,
+        "select bounce_type from events where message_id = %s and event_type = 'bounce'",
+        mid,
+    )
+    assert bounces == [("Transient",)]
+    await asyncio.sleep(0.3)
+    await pipeline.scheduler.sweep()
+    assert (
+        len(
+            rows(
+                server.settings,
+                "select 1 from events where message_id = %s and event_type = 'bounce'",
+                mid,
+            )
+        )
+        == 1
+    )
+
+
+async def test_redis_flush_after_dispatch_loses_nothing(
+    sender, smtp_sink, pipeline_factory, redis_client
+):
+    server, account, ses = sender
+    with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "update accounts set max_send_rate = 100 where id = %s", (account.id,)
+        )
+    mids = [
+        ses.send_email(Source="sender@example.com", **SEND)["MessageId"]
+        for _ in range(5)
+    ]
+    pipeline = await pipeline_factory(server.settings)
+    await pipeline.scheduler.check_epoch()
+    await pipeline.scheduler.dispatch()
+    redis_client.flushdb()  # the queued jobs are gone with it
+    assert await pipeline.run_jobs() == 0
+    await pipeline.drain()
+    assert smtp_sink.wait_for(5, timeout=5)
+    delivered = rows(
+        server.settings,
+        "select count(*) from recipients where message_id = any(%s) and state = 'delivered'",
+        mids,
+    )
+    assert delivered == [(5,)]
+    assert len(smtp_sink.messages) == 5

@@ -1,0 +1,68 @@
+"""The delivery worker: an RQ worker whose jobs are batches of claimed recipients.
+
+RQ runs one job at a time; the job hands its batch to an asyncio loop that lives
+as long as the process, so SMTP sessions, DNS answers and DKIM keys are reused
+across jobs. The job returns only after every outcome is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+
+from redis import Redis as SyncRedis
+from rq import Queue, SimpleWorker
+
+from mta.delivery.deliverer import Deliverer
+from sesame.runtime import Runtime
+from sesame.settings import Settings, get_settings
+from workers import DELIVERY_QUEUE
+
+log = logging.getLogger(__name__)
+
+_settings: Settings | None = None
+_loop: asyncio.AbstractEventLoop | None = None
+_deliverer: Deliverer | None = None
+_lock = threading.Lock()
+
+
+def deliver_batch(recipient_ids: list[int], lease_token: str) -> int:
+    """RQ job: deliver one batch; return the recipients attempted."""
+    loop, deliverer = _process_state()
+    future: Future[int] = asyncio.run_coroutine_threadsafe(
+        deliverer.deliver(recipient_ids, lease_token), loop
+    )
+    return future.result()
+
+
+def _process_state() -> tuple[asyncio.AbstractEventLoop, Deliverer]:
+    global _loop, _deliverer
+    with _lock:
+        if _loop is None or _deliverer is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=loop.run_forever, name="delivery-loop", daemon=True
+            ).start()
+            runtime = Runtime.create(_settings or get_settings())
+
+            async def start() -> Deliverer:
+                await runtime.open()
+                return Deliverer(runtime)
+
+            _deliverer = asyncio.run_coroutine_threadsafe(start(), loop).result()
+            _loop = loop
+        return _loop, _deliverer
+
+
+def run_worker(settings: Settings) -> int:
+    global _settings
+    assert settings.redis_url
+    _settings = settings
+    connection = SyncRedis.from_url(settings.redis_url)
+    queue = Queue(DELIVERY_QUEUE, connection=connection)
+    worker = SimpleWorker([queue], connection=connection)
+    _process_state()
+    worker.work(logging_level="WARNING", with_scheduler=False)
+    return 0
