@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -80,9 +81,7 @@ async def send_email(call: Call) -> str | None:
             html=html,
             html_charset=p.get("Message.Body.Html.Charset"),
         )
-        raw = message.finalize(
-            raw, message_id_header=_message_id_header(call, message_id), date=_now()
-        )
+        raw = _stamp(raw, _message_id_header(call, message_id))
     except message.MessageError as exc:
         raise ApiError(exc.code, exc.message) from None
     _check_size(call, raw)
@@ -206,6 +205,12 @@ def _message_id_header(call: Call, message_id: str) -> str:
     return f"<{message_id}@{call.runtime.settings.hostname}>"
 
 
+def _stamp(raw: bytes, message_id_header: str) -> bytes:
+    """Add Message-ID and Date to a message built here, already in wire form."""
+    date = email.utils.format_datetime(_now())
+    return f"Message-ID: {message_id_header}\r\nDate: {date}\r\n".encode() + raw
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -297,9 +302,7 @@ async def _send_verification_mail(call: Call, address: str, token: str) -> None:
         html=None,
         html_charset=None,
     )
-    raw = message.finalize(
-        raw, message_id_header=_message_id_header(call, message_id), date=_now()
-    )
+    raw = _stamp(raw, _message_id_header(call, message_id))
     await call.acceptor.accept_system(
         Submission(
             account=call.account,

@@ -133,8 +133,6 @@ class Acceptor:
         if failed:
             raise AcceptError("MessageRejected", self._not_verified(failed))
 
-        suppressed = await self._suppressed(account, submission.recipients)
-
         decision = await self._gate.admit(
             account.id,
             len(submission.recipients),
@@ -148,7 +146,7 @@ class Acceptor:
             raise AcceptError("Throttling", "Daily message quota exceeded.")
 
         try:
-            await self._writer.commit(submission, suppressed, self._expires_at())
+            await self._writer.commit(submission, self._expires_at())
         except Exception as exc:
             await self._gate.refund(account.id, len(submission.recipients))
             event(
@@ -168,14 +166,13 @@ class Acceptor:
             message_id=submission.message_id,
             interface=submission.interface,
             recipients=len(submission.recipients),
-            suppressed=len(suppressed),
         )
         self._wake_dispatcher()
         return submission.message_id
 
     async def accept_system(self, submission: Submission) -> MessageId:
         """Commit Sesame's own mail (verification links) without identity or quota checks."""
-        await self._writer.commit(submission, set(), self._expires_at())
+        await self._writer.commit(submission, self._expires_at())
         self._wake_dispatcher()
         return submission.message_id
 
@@ -187,23 +184,6 @@ class Acceptor:
             "Email address is not verified. The following identities failed the check"
             f" in region {self._settings.region.upper()}: {listed}"
         )
-
-    async def _suppressed(
-        self, account: Account, recipients: list[tuple[str, str]]
-    ) -> set[str]:
-        if not account.suppressed_reasons:
-            return set()
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "select address from suppressions where account_id = %s"
-                " and address = any(%s) and reason = any(%s)",
-                (
-                    account.id,
-                    [a for a, _ in recipients],
-                    list(account.suppressed_reasons),
-                ),
-            )
-            return {row[0] for row in await cur.fetchall()}
 
     async def recent_sends(self, account_id: str) -> list[tuple[int, int]]:
         """Recipients accepted per minute over the last 24 hours, from PostgreSQL."""
@@ -248,7 +228,6 @@ class Acceptor:
 @dataclass(slots=True)
 class _Pending:
     submission: Submission
-    suppressed: set[str]
     expires_at: datetime
     done: asyncio.Future[None]
 
@@ -281,13 +260,11 @@ class CommitBatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def commit(
-        self, submission: Submission, suppressed: set[str], expires_at: datetime
-    ) -> None:
+    async def commit(self, submission: Submission, expires_at: datetime) -> None:
         if not self._tasks:
             self.start()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(submission, suppressed, expires_at, done))
+        await self._queue.put(_Pending(submission, expires_at, done))
         await done
 
     async def _run(self) -> None:
@@ -351,13 +328,12 @@ async def _copy_rows(conn: AsyncConnection[Any], batch: list[_Pending]) -> None:
                 )
             )
     async with cur.copy(
-        "copy recipients (message_id, account_id, address, domain, state, expires_at)"
+        "copy recipients (message_id, account_id, address, domain, expires_at)"
         " from stdin"
     ) as copy:
         for item in batch:
             s = item.submission
             for address, _ in s.recipients:
-                state = "suppressed" if address in item.suppressed else "queued"
                 domain = address.rpartition("@")[2]
                 await copy.write_row(
                     (
@@ -365,7 +341,6 @@ async def _copy_rows(conn: AsyncConnection[Any], batch: list[_Pending]) -> None:
                         s.account.id,
                         address,
                         domain,
-                        state,
                         item.expires_at,
                     )
                 )
@@ -381,15 +356,3 @@ async def _copy_rows(conn: AsyncConnection[Any], batch: list[_Pending]) -> None:
             await copy.write_row(
                 (s.account.id, s.message_id, "send", None, None, None, count)
             )
-            for address in item.suppressed:
-                await copy.write_row(
-                    (
-                        s.account.id,
-                        s.message_id,
-                        "bounce",
-                        address,
-                        "Permanent",
-                        "OnAccountSuppressionList",
-                        None,
-                    )
-                )

@@ -14,6 +14,7 @@ from importlib.resources import files
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 # Recipients per unix-epoch minute over the last 24 hours, from PostgreSQL.
 Rebuild = Callable[[], Awaitable[list[tuple[int, int]]]]
@@ -90,6 +91,10 @@ class QuotaGate:
         # One rebuild per account at a time in this process; the others wait
         # for it rather than each querying PostgreSQL after a wipe.
         self._rebuilds: dict[str, asyncio.Task[None]] = {}
+        self._redis = redis
+        # Admits issued in the same event-loop turn share one pipeline: one
+        # write and one read for all of them instead of a round trip each.
+        self._pending: list[tuple[QuotaKeys, tuple[Any, ...], asyncio.Future[Any]]] = []
 
     async def admit(
         self,
@@ -109,11 +114,54 @@ class QuotaGate:
         keys = quota_keys(account_id)
         args = (recipients, max_24_hour_send, max_send_rate, _clock(now))
         for _ in range(_REBUILD_ATTEMPTS):
-            status, sent, tokens = await self._admit(keys=keys, args=args)
+            status, sent, tokens = await self._admit_batched(keys, args)
             if _text(status) != "rebuild":
                 return Decision(Admission(_text(status)), float(sent), float(tokens))
             await self._rebuild(keys.day, rebuild, now)
         raise QuotaUnavailable(f"account {account_id}: day count lost while loading")
+
+    def _admit_batched(
+        self, keys: QuotaKeys, args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        """Queue one admit for the pipeline flushed at the end of this loop turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._start_flush)
+        self._pending.append((keys, args, future))
+        return future
+
+    def _start_flush(self) -> None:
+        batch, self._pending = self._pending, []
+        asyncio.ensure_future(self._flush(batch))
+
+    async def _flush(
+        self, batch: list[tuple[QuotaKeys, tuple[Any, ...], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    pipe.evalsha(self._admit.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (keys, args, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, NoScriptError):
+                # Redis lost its script cache; the Script object reloads it.
+                try:
+                    reply = await self._admit(keys=keys, args=args)
+                except Exception as exc:
+                    future.set_exception(exc)
+                    continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
     async def sent_last_24_hours(
         self, account_id: str, *, rebuild: Rebuild, now: float | None = None

@@ -46,6 +46,20 @@ class Claimed:
     created_at: datetime
     from_domain: str | None
     raw: bytes
+    suppressed: bool  # on the account's suppression list for a reason it honours
+
+
+# A send to a suppressed address is accepted but never attempted; SES reports it
+# as a permanent bounce that does not count toward the bounce rate.
+SUPPRESSED = AttemptResult(
+    outcome=AttemptOutcome.FAILED,
+    smtp_code=None,
+    enhanced_status="5.1.1",
+    response="Address is on the account's suppression list",
+    mx_host=None,
+    bounce_type="Permanent",
+    bounce_subtype="OnAccountSuppressionList",
+)
 
 
 class Deliverer:
@@ -78,12 +92,12 @@ class Deliverer:
 
         signed: dict[str, asyncio.Task[bytes]] = {}
         for row in rows:
-            if row.message_id not in signed:
+            if row.message_id not in signed and not row.suppressed:
                 signed[row.message_id] = asyncio.ensure_future(self._sign(row))
 
         started = datetime.now(UTC)
         results = await asyncio.gather(
-            *(self._attempt(row, signed[row.message_id]) for row in rows)
+            *(self._attempt(row, signed.get(row.message_id)) for row in rows)
         )
 
         await self._record(rows, results, lease_token, started)
@@ -93,13 +107,17 @@ class Deliverer:
         async with self.runtime.pool.connection() as conn:
             cur = await conn.execute(
                 "select r.id, r.message_id, r.account_id, r.address, r.domain,"
-                " r.attempts, r.expires_at, m.created_at, m.from_domain, m.raw"
+                " r.attempts, r.expires_at, m.created_at, m.from_domain, m.raw,"
+                " exists (select 1 from suppressions s join accounts a"
+                " on a.id = s.account_id where s.account_id = r.account_id"
+                " and s.address = lower(r.address)"
+                " and s.reason = any(a.suppressed_reasons))"
                 " from recipients r join messages m on m.id = r.message_id"
                 " where r.id = any(%s) and r.lease_token = %s and r.state = 'sending'",
                 (ids, lease_token),
             )
             return [
-                Claimed(*row[:9], bytes(row[9]))  # type: ignore[arg-type]
+                Claimed(*row[:9], bytes(row[9]), row[10])  # type: ignore[arg-type]
                 for row in await cur.fetchall()
             ]
 
@@ -135,8 +153,10 @@ class Deliverer:
         return await self._keys.get((account_id, domain), load)
 
     async def _attempt(
-        self, row: Claimed, signed: asyncio.Task[bytes]
+        self, row: Claimed, signed: asyncio.Task[bytes] | None
     ) -> AttemptResult:
+        if row.suppressed or signed is None:
+            return SUPPRESSED
         async with self.slots:
             if self._smarthost:
                 name = self._smarthost[0]
@@ -197,19 +217,20 @@ class Deliverer:
                     lease_token,
                 )
             )
-            attempts.append(
-                (
-                    row.id,
-                    row.attempts,
-                    result.outcome.value,
-                    result.mx_host,
-                    result.smtp_code,
-                    result.enhanced_status,
-                    result.response[:1000],
-                    started,
-                    int((now - started).total_seconds() * 1000),
+            if result is not SUPPRESSED:
+                attempts.append(
+                    (
+                        row.id,
+                        row.attempts,
+                        result.outcome.value,
+                        result.mx_host,
+                        result.smtp_code,
+                        result.enhanced_status,
+                        result.response[:1000],
+                        started,
+                        int((now - started).total_seconds() * 1000),
+                    )
                 )
-            )
             events.append(_event(row, result, kind, now, next_at))
             if kind == "bounce" and result.suppressible:
                 suppressions.append(
@@ -266,6 +287,8 @@ class Deliverer:
         """Return (state, next attempt time, event type) after an attempt."""
         if result.outcome is AttemptOutcome.DELIVERED:
             return "delivered", None, "delivery"
+        if result is SUPPRESSED:
+            return "suppressed", None, "bounce"
         if result.outcome is AttemptOutcome.FAILED:
             return "bounced", None, "bounce"
         if now >= row.expires_at:
