@@ -1,7 +1,6 @@
 """Build, parse and normalise MIME messages on the accept path.
 
-Follows RFC 5322 (format), RFC 2045-2047 and 2231 (MIME, encoded-words, parameters)
-and RFC 5321 §4.5.3.1.6 (no line over 998 octets).
+RFC 5322, RFC 2045-2047 and 2231 (MIME), RFC 5321 §4.5.3.1.6 (998-octet lines).
 """
 
 from __future__ import annotations
@@ -42,13 +41,11 @@ REJECTED = "MessageRejected"  # SES error code for content it refuses to send
 
 MAX_MESSAGE_BYTES = 10_485_760  # SES's SendRawEmail limit (10 MiB)
 MAX_RECIPIENTS = 50  # SES's limit on recipients of one message
-MAX_MIME_DEPTH = (
-    30  # nesting cap; deep trees make MIME parsers recurse (cpython #75630)
-)
+MAX_MIME_DEPTH = 30  # deep nesting makes MIME parsers recurse (cpython #75630)
 MAX_MIME_PARTS = 500  # part-count cap for the same reason
 MAX_LINE = 998  # RFC 5321 §4.5.3.1.6: 1000 octets including the CRLF
 _FOLD = 78  # RFC 5322 §2.1.1: lines SHOULD be no longer than 78 characters
-_MAX_HEADER_BYTES = 1 << 20  # bounds header parsing; real header sections are a few KB
+_MAX_HEADER_BYTES = 1 << 20  # bounds header parsing; real ones are a few KB
 _MAX_HEADER_FIELDS = 1000  # same; real messages carry tens of fields
 _MAX_HEADER_ADDRESSES = 1000  # bounds address parsing of one To/Cc/Bcc header
 _MAX_FALSE_DELIMITERS = 10_000  # "--boundary" lookalikes tolerated per multipart
@@ -60,7 +57,7 @@ _MAX_HEADER_NAME = 76  # so "Name: " fits within one 78-character line
 _MAX_WORD = 75  # RFC 2047 §2: an encoded-word is at most 75 characters
 _MAX_UNFOLDABLE = 900  # longest run without whitespace we fold onto one line
 _MAX_FILENAME = 255  # the usual file-system limit on a file name
-_PARAM_CHUNK = 60  # RFC 2231 continuation size; keeps parameter lines near 78
+_PARAM_CHUNK = 50  # RFC 2231 continuation size; keeps parameter lines under 78
 
 # C0 controls, DEL, C1 controls (including NEL U+0085), U+2028/U+2029 and lone
 # surrogates: none of them can appear in a header or an address.
@@ -77,7 +74,7 @@ _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
 _FIELD_NAME_B = re.compile(rb"[!-9;-~]+")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 2045 §5.1 token
 _MEDIA_TYPE = re.compile(
-    rf"({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\]*\"))*)"
+    rf"({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\;]*\"))*)"
 )
 _CHARSET_NAME = re.compile(r"[A-Za-z0-9!#$%&'+^_`{}~-]{1,40}")  # RFC 2978 chars
 _CONTENT_ID = re.compile(r"<?([!-;=?-~]{1,250})>?")  # printable ASCII but < and >
@@ -128,7 +125,7 @@ _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()  # month
 
 
 class MessageError(Exception):
-    """Input SES would refuse; ``code`` is the SES error code, ``message`` a sentence."""
+    """Input SES would refuse: ``code`` is the SES error code, ``message`` why."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -382,9 +379,15 @@ def _domain(domain: str) -> str:
         raise _bad("Domain literals are not allowed.")
     if not domain.isascii():
         try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
+            alabel = idna.encode(domain, uts46=True).decode("ascii")
+            # UTS 46 silently drops or maps some characters (soft hyphen,
+            # full-width letters); refuse those rather than rewrite the domain.
+            same = idna.decode(alabel) == domain.lower()
         except (idna.IDNAError, UnicodeError):
-            raise _bad("Domain contains illegal character.") from None
+            same = False
+        if not same:
+            raise _bad("Domain contains illegal character.")
+        domain = alabel
     domain = domain.lower()
     if len(domain) > _MAX_DOMAIN or not _DOMAIN.fullmatch(domain):
         if domain.startswith("."):
@@ -443,7 +446,8 @@ def _flush(pending: tuple[str, bytearray] | None) -> str:
     charset, data = pending
     try:
         return data.decode(charset, "replace")
-    except LookupError:
+    except (LookupError, UnicodeError):
+        # Unknown charsets, and codecs (idna, punycode) that refuse "replace".
         return data.decode("utf-8", "replace")
 
 
@@ -458,14 +462,18 @@ def _mailbox_tokens(address: Address) -> list[str]:
 
 
 def _phrase_tokens(name: str) -> list[str]:
-    """Return a display name as atoms, one quoted-string or encoded-words."""
+    """Return a display name as atoms, a quoted-string or encoded-words.
+
+    The result is split at spaces so a header can fold there (RFC 5322 allows
+    folding inside a quoted-string); joining it with spaces gives the phrase.
+    """
     if name.isascii() and "=?" not in name:
         words = name.split(" ")
-        if all(len(w) <= _MAX_WORD and _ATOM.fullmatch(w) for w in words):
+        if not all(_ATOM.fullmatch(word) for word in words):
+            quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+            words = f'"{quoted}"'.split(" ")
+        if max(map(len, words)) <= _MAX_UNFOLDABLE:
             return words
-        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if len(quoted) <= _MAX_WORD:
-            return [quoted]
     return _encoded_words(name, "UTF-8")
 
 
@@ -473,36 +481,29 @@ def _encoded_words(text: str, charset: str) -> list[str]:
     """Spell text as RFC 2047 "B" encoded-words of at most 75 characters each."""
     prefix = f"=?{charset}?B?"
     room = (_MAX_WORD - len(prefix) - 2) // 4 * 3  # raw octets per word
-    utf8 = charset.lower() in ("utf-8", "utf8")
-    words: list[str] = []
-    start = used = 0
-    for i, char in enumerate(text):
-        if utf8:
-            size = (
-                1
-                if char < "\x80"
-                else 2
-                if char < "\u0800"
-                else 3
-                if char < "\U00010000"
-                else 4
-            )
-        else:
+    chunks: list[bytes] = []
+    if charset.lower() in ("utf-8", "utf8"):
+        data = text.encode("utf-8")
+        start = 0
+        while start < len(data):
+            end = min(start + room, len(data))
+            while end < len(data) and 0x80 <= data[end] < 0xC0:
+                end -= 1  # a word must hold whole characters (RFC 2047 §5)
+            chunks.append(data[start:end])
+            start = end
+    else:
+        start = used = 0
+        for i, char in enumerate(text):
             # Encoding one character alone over-counts stateful charsets such
             # as ISO-2022-JP (escape sequences), so a word never overflows.
             size = len(char.encode(charset))
-        if used + size > room and i > start:
-            words.append(_b_word(prefix, text[start:i], charset))
-            start, used = i, 0
-        used += size
-    if start < len(text):
-        words.append(_b_word(prefix, text[start:], charset))
-    return words
-
-
-def _b_word(prefix: str, chunk: str, charset: str) -> str:
-    """Return one "B" encoded-word."""
-    return prefix + base64.b64encode(chunk.encode(charset)).decode("ascii") + "?="
+            if used + size > room and i > start:
+                chunks.append(text[start:i].encode(charset))
+                start, used = i, 0
+            used += size
+        if start < len(text):
+            chunks.append(text[start:].encode(charset))
+    return [prefix + base64.b64encode(chunk).decode("ascii") + "?=" for chunk in chunks]
 
 
 def _text_pieces(value: str) -> list[str] | None:
@@ -524,7 +525,8 @@ def _fold(name: str, pieces: Sequence[str]) -> str:
     out = [name, ":"]
     width = first = len(name) + 1
     for piece in pieces:
-        if width > first and width + len(piece) > _FOLD:
+        # Never fold before bare whitespace: that would leave a blank line.
+        if width > first and width + len(piece) > _FOLD and piece.strip(" \t"):
             out.append("\r\n")
             width = 0
         out.append(piece)
@@ -557,6 +559,10 @@ def _unstructured_field(name: str, value: str, charset: str | None) -> str:
         pieces = _text_pieces(value)
     if pieces is None:
         label = "UTF-8" if charset is None else _charset(charset)
+        if label != "UTF-8" and not _round_trips(value, label):
+            # Some charsets map characters lossily (Shift_JIS turns U+00A5 into
+            # a backslash); UTF-8 keeps the text the caller gave.
+            label = "UTF-8"
         try:
             pieces = [" " + word for word in _encoded_words(value, label)]
         except UnicodeError:
@@ -564,12 +570,22 @@ def _unstructured_field(name: str, value: str, charset: str | None) -> str:
     return _fold(name, pieces)
 
 
+def _round_trips(value: str, charset: str) -> bool:
+    """Whether text survives encoding to a charset and back unchanged."""
+    try:
+        return value.encode(charset).decode(charset) == value
+    except UnicodeError:
+        return True  # the encoder's own error is reported by the caller
+
+
 def _custom_field(name: str, value: str) -> str:
     """Return a caller-supplied header field after validating it."""
     if len(name) > _MAX_HEADER_NAME or not _FIELD_NAME.fullmatch(name):
         raise _bad(f"Illegal header name: {name[:_MAX_HEADER_NAME]!r}.")
     lowered = name.lower()
-    if lowered in _RESERVED or lowered.startswith("content-"):
+    # X-SES-* are control headers: SendEmail output is not passed through
+    # finalize, so one set here would reach recipients.
+    if lowered in _RESERVED or lowered.startswith(("content-", "x-ses-")):
         raise _bad(f"Header {name!r} cannot be set on SendEmail.")
     if _BAD_VALUE.search(value):
         raise _bad(f"Illegal header value: {name} contains a control character.")
@@ -584,7 +600,7 @@ def _custom_field(name: str, value: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _charset(name: str) -> str:
-    """Return name if it is an ASCII-compatible charset Python can encode, else raise."""
+    """Return name if it is an ASCII-compatible charset Python knows, else raise."""
     if not _CHARSET_NAME.fullmatch(name):
         raise _bad(f"Unsupported charset {name[:40]!r}.")
     try:
@@ -707,9 +723,11 @@ def _attachment_entity(attachment: Attachment) -> _Entity:
     filename = attachment.filename
     if _BAD_STRICT.search(filename):
         raise _bad("Attachment file name contains a control character.")
+    if _BAD_STRICT.search(attachment.content_type):
+        raise _bad("Attachment content type contains a control character.")
     if len(filename) > _MAX_FILENAME:
         raise _bad(f"Attachment file name is longer than {_MAX_FILENAME} characters.")
-    match = _MEDIA_TYPE.fullmatch(attachment.content_type.strip())
+    match = _MEDIA_TYPE.fullmatch(attachment.content_type.strip(" "))
     if match is None:
         raise _bad(f"Illegal attachment content type {attachment.content_type[:80]!r}.")
     maintype = match.group(1).lower()
@@ -840,15 +858,17 @@ class ParsedMessage:
 
 def _normalise(data: bytes) -> tuple[bytes, bool]:
     """Turn bare CRs and LFs into CRLF, end with CRLF; say if any was bare."""
-    crs = data.count(b"\r")
-    lfs = data.count(b"\n")
     rewritten = False
-    if crs == 0:
-        rewritten = lfs > 0
-        data = data.replace(b"\n", b"\r\n")
-    elif not (crs == lfs == data.count(b"\r\n")):
-        rewritten = True
-        data = _LINE_BREAK.sub(b"\r\n", data)
+    if b"\r" not in data:
+        if b"\n" in data:
+            data = data.replace(b"\n", b"\r\n")
+            rewritten = True
+    else:
+        breaks = len(data) - len(data.translate(None, b"\r\n"))
+        # Only CRLF pairs present exactly when the CR and LF octets all pair up.
+        if breaks != 2 * data.count(b"\r\n"):
+            data = _LINE_BREAK.sub(b"\r\n", data)
+            rewritten = True
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data, rewritten
@@ -950,22 +970,10 @@ def _tags(values: list[bytes]) -> dict[str, str]:
     return tags
 
 
+# The header fields parse_raw reads.
 _WANTED = frozenset(
-    {
-        b"from",
-        b"sender",
-        b"reply-to",
-        b"to",
-        b"cc",
-        b"bcc",
-        b"return-path",
-        b"subject",
-        b"message-id",
-        b"x-ses-configuration-set",
-        b"x-ses-message-tags",
-        b"content-type",
-        b"content-transfer-encoding",
-    }
+    b"from sender reply-to to cc bcc return-path subject message-id content-type "
+    b"content-transfer-encoding x-ses-configuration-set x-ses-message-tags".split()
 )
 
 
@@ -984,6 +992,7 @@ def parse_raw(data: bytes, *, max_bytes: int) -> ParsedMessage:
             got.setdefault(name, []).append(field)
 
     def addresses(name: str, *, groups: bool = True) -> list[Address]:
+        """Return the addresses of every field called name."""
         found: list[Address] = []
         for field in got.get(name.lower().encode("ascii"), ()):
             found += _header_addresses(name, _value(field), groups=groups)
@@ -1043,18 +1052,20 @@ def parse_raw(data: bytes, *, max_bytes: int) -> ParsedMessage:
 
 
 def recipients_of(parsed: ParsedMessage) -> list[Address]:
-    """Return To, Cc and Bcc without duplicates, in order, within SES's limits."""
+    """Return To, Cc and Bcc in order without duplicates (possibly none).
+
+    Callers refuse an empty list ("Missing required header 'To'.") and apply
+    their recipient limit ("Recipient count exceeds 50."), as SES does.
+    """
     seen: set[str] = set()
     out: list[Address] = []
     for address in (*parsed.to, *parsed.cc, *parsed.bcc):
+        # Local parts are case-sensitive in theory (RFC 5321 §2.4) but not in
+        # practice; one copy per mailbox is what a sender means.
         key = address.address.lower()
         if key not in seen:
             seen.add(key)
             out.append(address)
-    if not out:
-        raise _bad("Missing required header 'To'.")
-    if len(out) > MAX_RECIPIENTS:
-        raise _bad(f"Recipient count exceeds {MAX_RECIPIENTS}.")
     return out
 
 
@@ -1261,10 +1272,13 @@ def _refold(field: bytes) -> bytes:
     """Refold a header field at whitespace so no line exceeds 998 octets."""
     colon = field.index(b":") + 1
     name = field[:colon]
+    shown = name[:-1][:40].decode("latin-1")
+    if colon > MAX_LINE:
+        raise _bad(f"Header name {shown!r} is longer than 998 octets.")
     value = field[colon:].replace(b"\r\n", b"")
     pieces = _WS_CHUNK_B.findall(value)
     if not pieces:
-        return name + value + b"\r\n"
+        return name + b"\r\n"  # only whitespace, which readers discard anyway
     tail = len(value) - len(value.rstrip(b" \t"))
     if tail:
         pieces[-1] += value[-tail:]
@@ -1277,9 +1291,8 @@ def _refold(field: bytes) -> bytes:
         out.append(piece)
         width += len(piece)
         if width > MAX_LINE:
-            shown = name[:-1].decode("latin-1")
             raise _bad(
-                f"Header {shown!r} has a line longer than 998 octets that cannot be folded."
+                f"Header {shown!r} has a line over 998 octets that cannot be folded."
             )
     out.append(b"\r\n")
     return b"".join(out)

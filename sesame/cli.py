@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         ("resume", _account_resume, "resume an account's sending (operator)"),
     ):
         account_command(name, run, text).add_argument("account_id")
+    p = account_command(
+        "review", _account_review, "end a reputation review: healthy or probation"
+    )
+    p.add_argument("account_id")
+    p.add_argument("--status", choices=("healthy", "probation"), required=True)
     p = account_command("set-quota", _account_set_quota, "override an account's quota")
     p.add_argument("account_id")
     p.add_argument(
@@ -281,6 +286,17 @@ async def _account_resume(
     return _summary(
         await accounts.update_account(conn, account.id, paused_by_operator=False)
     )
+
+
+async def _account_review(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    from quota import reputation
+
+    change = await reputation.review(conn, args.account_id, args.status)
+    if change is None:
+        raise CliError(f"no account {args.account_id}")
+    return _summary(await _load(conn, args.account_id))
 
 
 async def _load(conn: Any, account_id: str) -> accounts.Account:

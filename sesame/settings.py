@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         5.0,
         description="how often the scheduler looks for due or abandoned work (seconds)",
     )
+    reputation_evaluate_seconds: float = Field(
+        300.0,
+        description="how often reputation and quota growth are evaluated (seconds)",
+    )
     identity_recheck_seconds: float = Field(
         300.0, description="how often pending domains are looked up in DNS (seconds)"
     )

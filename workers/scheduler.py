@@ -19,6 +19,7 @@ from rq import Queue
 
 from mta import dns, identities, statistics
 from mta.accept import WAKE_KEY
+from quota import reputation
 from sesame.log import event
 from sesame.runtime import Runtime
 from sesame.settings import Settings
@@ -46,6 +47,7 @@ class Scheduler:
         self._last_sweep = 0.0
         self._last_rollup = 0.0
         self._last_recheck = 0.0
+        self._last_reputation = 0.0
 
     async def tick(self) -> int:
         """Run whatever is due now; return the recipients dispatched."""
@@ -59,6 +61,10 @@ class Scheduler:
             self._last_rollup = now
             async with self.runtime.pool.connection() as conn:
                 await statistics.roll_up(conn)
+        if now - self._last_reputation >= self.settings.reputation_evaluate_seconds:
+            self._last_reputation = now
+            async with self.runtime.pool.connection() as conn:
+                await reputation.evaluate_all(conn)
         if now - self._last_recheck >= self.settings.identity_recheck_seconds:
             self._last_recheck = now
             await self.recheck_identities()
