@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from sesame import accounts, crypto, db, embedded
+from sesame import accounts, crypto, db, embedded, suppression_cli
 from sesame import log as logsetup
 from sesame.settings import Settings, get_settings
 
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     command("scheduler", _scheduler, "run the scheduler (dispatch, sweeps, rollups)")
     command("migrate", _migrate, "apply database migrations (idempotent)")
     command("config", _config, "list every setting with its default, unit and value")
+    suppression_cli.add_parser(sub)
 
     account = sub.add_parser(
         "account", help="manage accounts", description="manage accounts"
@@ -144,11 +145,19 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _smtp(settings: Settings, args: argparse.Namespace) -> int:
-    raise CliError("the SMTP submission server is not part of this build yet")
+    from mta.submission import server
+
+    settings = _stores(settings)
+    db.migrate(settings.database_url or "")
+    return server.run(settings)
 
 
 def _mx(settings: Settings, args: argparse.Namespace) -> int:
-    raise CliError("the inbound MX is not part of this build yet")
+    from mta.inbound import server
+
+    settings = _stores(settings)
+    db.migrate(settings.database_url or "")
+    return server.run(settings)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from redis import Redis as SyncRedis
 from rq import Queue, SimpleWorker
 
+from mta.accept import WAKE_KEY
 from mta.delivery.deliverer import Deliverer
 from sesame.runtime import Runtime
 from sesame.settings import Settings, get_settings
@@ -23,6 +24,7 @@ from workers import DELIVERY_QUEUE
 log = logging.getLogger(__name__)
 
 _settings: Settings | None = None
+_wake: SyncRedis | None = None
 _loop: asyncio.AbstractEventLoop | None = None
 _deliverer: Deliverer | None = None
 _lock = threading.Lock()
@@ -34,7 +36,12 @@ def deliver_batch(recipient_ids: list[int], lease_token: str) -> int:
     future: Future[int] = asyncio.run_coroutine_threadsafe(
         deliverer.deliver(recipient_ids, lease_token), loop
     )
-    return future.result()
+    attempted = future.result()
+    if _wake is not None:
+        # A slot in the queue is free: let the scheduler dispatch the next batch
+        # now rather than at its next periodic look.
+        _wake.lpush(WAKE_KEY, b"1")
+    return attempted
 
 
 def _process_state() -> tuple[asyncio.AbstractEventLoop, Deliverer]:
@@ -57,10 +64,11 @@ def _process_state() -> tuple[asyncio.AbstractEventLoop, Deliverer]:
 
 
 def run_worker(settings: Settings) -> int:
-    global _settings
+    global _settings, _wake
     assert settings.redis_url
     _settings = settings
     connection = SyncRedis.from_url(settings.redis_url)
+    _wake = connection
     queue = Queue(DELIVERY_QUEUE, connection=connection)
     worker = SimpleWorker([queue], connection=connection)
     _process_state()

@@ -234,7 +234,7 @@ class Deliverer:
             events.append(_event(row, result, kind, now, next_at))
             if kind == "bounce" and result.suppressible:
                 suppressions.append(
-                    (row.account_id, row.address.lower(), row.message_id)
+                    (row.address.lower(), row.message_id, row.account_id)
                 )
             event(
                 log,
@@ -275,9 +275,11 @@ class Deliverer:
                 if suppressions:
                     await cur.executemany(
                         "insert into suppressions (account_id, address, reason,"
-                        " message_id) values (%s, %s, 'BOUNCE', %s)"
+                        " message_id) select id, %s, 'BOUNCE', %s from accounts"
+                        " where id = %s and 'BOUNCE' = any(suppressed_reasons)"
                         " on conflict (account_id, address) do update set"
-                        " updated_at = now(), message_id = excluded.message_id",
+                        " reason = 'BOUNCE', updated_at = now(),"
+                        " message_id = excluded.message_id",
                         suppressions,
                     )
 

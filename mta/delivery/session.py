@@ -33,6 +33,15 @@ __all__ = ["SessionPool"]
 _QUIT_TIMEOUT = 5.0
 
 
+# An idle connection older than this gets an RSET before reuse, to find out
+# whether the server has dropped it meanwhile.
+_PROBE_AFTER_IDLE_SECONDS = 2.0
+
+
+class _StaleConnection(Exception):
+    """A reused connection turned out closed before the transaction began."""
+
+
 @dataclass(eq=False, slots=True)
 class _Connection:
     """One open SMTP session to one MX host address."""
@@ -235,17 +244,23 @@ class SessionPool:
         tls_required: bool,
     ) -> list[AttemptResult] | AttemptResult:
         """Run one transaction on one host; a single result means try the next host."""
-        conn = await self._checkout(site, mx_host, ip, tls_required)
-        if isinstance(conn, AttemptResult):
-            return conn
-        try:
-            results = await self._transaction(conn, mail_from, recipients, data)
-        except BaseException:
-            # A bug or a cancellation: the session state is unknown, drop it.
-            self._discard(conn)
-            raise
-        await self._checkin(conn)
-        return results
+        while True:
+            conn = await self._checkout(site, mx_host, ip, tls_required)
+            if isinstance(conn, AttemptResult):
+                return conn
+            try:
+                results = await self._transaction(conn, mail_from, recipients, data)
+            except _StaleConnection:
+                # The server dropped a connection we kept; nothing was sent on
+                # it, so take another one.
+                self._discard(conn)
+                continue
+            except BaseException:
+                # A bug or a cancellation: the session state is unknown, drop it.
+                self._discard(conn)
+                raise
+            await self._checkin(conn)
+            return results
 
     async def _checkout(
         self, site: _Site, mx_host: str, ip: str, tls_required: bool
@@ -290,7 +305,15 @@ class SessionPool:
         return opened
 
     async def _reset(self, conn: _Connection) -> bool:
-        """Send RSET on an idle connection; tell whether it is still usable."""
+        """Probe an idle connection with RSET; tell whether it is still usable.
+
+        A finished transaction leaves the session ready for the next MAIL
+        (RFC 5321 3.3), so a connection used moments ago is reused as it is;
+        only one that sat idle, which the server may have closed, is probed.
+        """
+        idle = asyncio.get_running_loop().time() - conn.last_used
+        if idle < _PROBE_AFTER_IDLE_SECONDS and conn.smtp.is_connected:
+            return True  # a dead one shows at MAIL FROM as _StaleConnection
         try:
             await conn.smtp.rset()
         except (SMTPException, OSError):
@@ -476,6 +499,7 @@ class SessionPool:
         smtp, mx_host = conn.smtp, conn.mx_host
         where = f"{mx_host}[{conn.ip}]:{self._port}"
         count = len(recipients)
+        reused = conn.transactions > 0
         conn.transactions += 1
         self._transactions += 1
 
@@ -487,8 +511,12 @@ class SessionPool:
         try:
             await smtp.mail(mail_from, options=options, encoding=encoding)
         except SMTPResponseException as exc:
+            if reused and exc.code == 421:
+                raise _StaleConnection from exc
             return [classify_reply(exc.code, exc.message, mx_host)] * count
         except (SMTPException, OSError) as exc:
+            if reused:
+                raise _StaleConnection from exc
             lost = _lost(f"{where}: connection lost at MAIL FROM: {exc}", mx_host)
             return [lost] * count
 

@@ -1,0 +1,246 @@
+"""Delivery throughput of Sesame's MTA next to a plain aiosmtplib client.
+
+    .venv/bin/python loadtest/delivery.py [--messages 5000] [--workers 2]
+
+1. Accepts N messages (about 5 KB, text + HTML) through the API to one
+   production account whose domain signs with RSA-2048 DKIM; no worker runs yet.
+2. Baseline: a plain aiosmtplib client with 50 reused connections sends the
+   same stored messages to the same sink (Postfix's C smtp-sink on loopback).
+3. Starts the scheduler and the delivery workers and times the backlog from the
+   first delivery attempt to the last recorded outcome.
+4. Steady state: with workers running, sends more messages at a fixed rate and
+   reports accept-to-delivered latency (p50/p99) from the recorded timestamps.
+Prints delivered/s for both, the ratio (goal >= 0.5) and the latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiosmtplib  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from botocore.auth import SigV4Auth  # noqa: E402
+from botocore.awsrequest import AWSRequest  # noqa: E402
+from botocore.credentials import Credentials  # noqa: E402
+
+from loadtest import sink  # noqa: E402
+from loadtest.common import (  # noqa: E402
+    REDIS_URL,
+    free_port,
+    fresh_database,
+    process,
+    python,
+    wait_for_port,
+)
+
+DOMAIN = "bench.example.com"
+TEXT = ("Sesame delivery benchmark. " * 3 + "\n") * 30  # ~2.5 KB; HTML doubles it
+
+
+def requests(port: int, key_id: str, secret: str, start: int, count: int) -> list[bytes]:
+    credentials = Credentials(key_id, secret)
+    out = []
+    for i in range(start, start + count):
+        body = urlencode(
+            {
+                "Action": "SendEmail",
+                "Version": "2010-12-01",
+                "Source": f"Bench <sender@{DOMAIN}>",
+                "Destination.ToAddresses.member.1": f"user{i}@dest.example.net",
+                "Message.Subject.Data": f"Benchmark message {i}",
+                "Message.Body.Text.Data": TEXT,
+                "Message.Body.Html.Data": "<pre>" + TEXT + "</pre>",
+            }
+        ).encode()
+        request = AWSRequest(method="POST", url=f"http://127.0.0.1:{port}/", data=body,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        SigV4Auth(credentials, "ses", "us-east-1").add_auth(request)
+        head = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+        head += [f"{k}: {v}" for k, v in request.headers.items()]
+        head.append(f"Content-Length: {len(body)}")
+        out.append(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    return out
+
+
+async def submit(port: int, payloads: list[bytes], connections: int, rate: float | None) -> int:
+    """Send the requests; return how many were answered 200."""
+    ok = 0
+    queue = list(reversed(payloads))
+    interval = connections / rate if rate else 0.0
+
+    async def client() -> None:
+        nonlocal ok
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            started = time.monotonic()
+            writer.write(queue.pop())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line[15:]) for line in head.split(b"\r\n")
+                          if line[:15].lower() == b"content-length:")
+            await reader.readexactly(length)
+            ok += head[9:12] == b"200"
+            if interval:
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return ok
+
+
+async def baseline(port: int, messages: list[tuple[str, str, bytes]], connections: int) -> float:
+    """Messages/s of a plain aiosmtplib client over reused connections."""
+    queue = list(messages)
+
+    async def client() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        while queue:
+            sender, rcpt, data = queue.pop()
+            await smtp.sendmail(sender, [rcpt], data)
+        await smtp.quit()
+
+    started = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return len(messages) / (time.monotonic() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steady", type=int, default=1000, help="messages in the latency phase")
+    parser.add_argument("--steady-rate", type=float, default=200.0, help="messages/s in the latency phase")
+    args = parser.parse_args()
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    data_dir = Path(os.environ.get("SESAME_DATA_DIR", "var/bench"))
+    with fresh_database() as database_url:
+        key_id, secret = _account(database_url, data_dir)
+        api_port, sink_port = free_port(), free_port()
+        env = {
+            "SESAME_DATABASE_URL": database_url,
+            "SESAME_REDIS_URL": REDIS_URL,
+            "SESAME_API_PORT": str(api_port),
+            "SESAME_DATA_DIR": str(data_dir),
+            "SESAME_SMARTHOST": f"127.0.0.1:{sink_port}",
+            "SESAME_LOG_LEVEL": "WARNING",
+            "SESAME_SWEEP_SECONDS": "1",
+        }
+        cli = [python(), "-m", "sesame.cli"]
+        with process(sink.command(sink_port)), process([*cli, "api"], env=env):
+            wait_for_port(api_port)
+            wait_for_port(sink_port)
+            accepted = asyncio.run(submit(api_port, requests(api_port, key_id, secret, 0, args.messages), 32, None))
+            stored = _stored(database_url)
+            base = asyncio.run(baseline(sink_port, stored, 50))
+
+            workers = [process([*cli, "worker"], env=env) for _ in range(args.workers)]
+            with process([*cli, "scheduler"], env=env):
+                for w in workers:
+                    w.__enter__()
+                try:
+                    delivered = _wait_delivered(database_url, accepted, timeout=600)
+                    elapsed = _backlog_seconds(database_url)
+                    steady_ok = asyncio.run(submit(
+                        api_port,
+                        requests(api_port, key_id, secret, args.messages, args.steady),
+                        8, args.steady_rate))
+                    _wait_delivered(database_url, accepted + steady_ok, timeout=120)
+                finally:
+                    for w in workers:
+                        w.__exit__(None, None, None)
+        p50, p99, failed = _latency(database_url, args.messages)
+
+    rate = delivered / elapsed
+    print(f"accepted {accepted} messages through the API; {delivered} delivered")
+    print(f"plain aiosmtplib, 50 connections   {base:8.0f} msg/s")
+    print(f"sesame backlog delivery            {rate:8.0f} msg/s  ({args.workers} workers, DKIM RSA-2048)")
+    print(f"ratio sesame/aiosmtplib: {rate / base:.2f}  (goal >= 0.50)")
+    print(f"accept-to-delivered at {args.steady_rate:.0f} msg/s: p50 {p50:.0f} ms  p99 {p99:.0f} ms"
+          f"  ({steady_ok} messages, {failed} not delivered)")
+    return 0
+
+
+def _account(database_url: str, data_dir: Path) -> tuple[str, str]:
+    async def go() -> tuple[str, str]:
+        from mta.delivery import dkim
+        from sesame import accounts, crypto
+        from sesame.settings import Settings
+
+        settings = Settings(database_url=database_url, redis_url=REDIS_URL, data_dir=data_dir)
+        box = crypto.SecretBox(crypto.load_or_create_key(None, data_dir))
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            account, creds = await accounts.create_account(conn, box, settings, "bench", True)
+            await conn.execute("update accounts set max_24_hour_send = 1e9, max_send_rate = 1e6"
+                               " where id = %s", (account.id,))
+            cur = await conn.execute(
+                "insert into identities (account_id, name, kind, verification_status,"
+                " dkim_enabled, dkim_status) values (%s, %s, 'domain', 'success', true,"
+                " 'success') returning id", (account.id, DOMAIN))
+            identity_id = (await cur.fetchone())[0]
+            pem, public = dkim.generate_rsa_key(2048)
+            await conn.execute(
+                "insert into dkim_keys (identity_id, selector, algorithm,"
+                " private_key_sealed, public_key) values (%s, 'bench', 'rsa-sha256', %s, %s)",
+                (identity_id, box.seal(pem, b"bench"), public))
+        return creds.access_key_id, creds.secret_access_key
+
+    return asyncio.run(go())
+
+
+def _stored(database_url: str) -> list[tuple[str, str, bytes]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select m.source, r.address, m.raw from messages m"
+                            " join recipients r on r.message_id = m.id").fetchall()
+    return [(f"bounce@{DOMAIN}", rcpt, bytes(raw)) for _, rcpt, raw in rows]
+
+
+def _wait_delivered(database_url: str, expected: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            done = conn.execute("select count(*) from recipients where state in"
+                                " ('delivered', 'bounced')").fetchone()[0]
+            if done >= expected:
+                return int(done)
+            time.sleep(0.05)
+    raise TimeoutError(f"only {done} of {expected} recipients finished")
+
+
+def _backlog_seconds(database_url: str) -> float:
+    """From the first attempt to the last outcome, so process start-up is not timed."""
+    with psycopg.connect(database_url) as conn:
+        first, last = conn.execute(
+            "select (select min(started_at) from delivery_attempts),"
+            " max(updated_at) from recipients where state = 'delivered'"
+        ).fetchone()
+    return float((last - first).total_seconds())
+
+
+def _latency(database_url: str, first_steady: int) -> tuple[float, float, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "select extract(epoch from r.updated_at - m.created_at) * 1000, r.state"
+            " from recipients r join messages m on m.id = r.message_id"
+            " where m.created_at >= (select created_at from messages"
+            " order by created_at offset %s limit 1) order by 1",
+            (first_steady,),
+        ).fetchall()
+    steady = [ms for ms, state in rows if state == "delivered"]
+    failed = sum(1 for _, state in rows if state != "delivered")
+    if not steady:
+        return 0.0, 0.0, failed
+    return steady[len(steady) // 2], steady[min(len(steady) - 1, int(len(steady) * 0.99))], failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
