@@ -249,31 +249,41 @@ class Deliverer:
                 outcome=result.outcome.value,
             )
 
+        columns = [list(column) for column in zip(*updates, strict=True)]
         async with self.runtime.pool.connection() as conn:
             async with conn.transaction():
-                cur = conn.cursor()
-                await cur.executemany(
-                    "update recipients set state = %s, next_attempt_at = coalesce(%s,"
-                    " next_attempt_at), smtp_code = %s, enhanced_status = %s,"
-                    " response = %s, mx_host = %s, lease_until = null,"
+                # One statement for the batch; only rows still holding our lease
+                # are written, so a batch that lost its lease records nothing.
+                cur = await conn.execute(
+                    "update recipients r set state = u.state,"
+                    " next_attempt_at = coalesce(u.next_at, r.next_attempt_at),"
+                    " smtp_code = u.code, enhanced_status = u.status,"
+                    " response = u.response, mx_host = u.mx, lease_until = null,"
                     " lease_token = null, updated_at = now()"
-                    " where id = %s and lease_token = %s",
-                    updates,
+                    " from unnest(%s::text[], %s::timestamptz[], %s::int[], %s::text[],"
+                    " %s::text[], %s::text[], %s::bigint[])"
+                    " as u(state, next_at, code, status, response, mx, id)"
+                    " where r.id = u.id and r.lease_token = %s returning r.id",
+                    (*columns[:7], lease_token),
                 )
-                await cur.executemany(
-                    "insert into delivery_attempts (recipient_id, attempt, outcome,"
-                    " mx_host, smtp_code, enhanced_status, response, started_at,"
-                    " duration_ms) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    attempts,
-                )
-                await cur.executemany(
-                    "insert into events (account_id, message_id, recipient_id,"
-                    " event_type, recipient, bounce_type, bounce_subtype, detail)"
-                    " values (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    events,
-                )
+                ours = {row[0] for row in await cur.fetchall()}
+                async with conn.cursor().copy(
+                    "copy delivery_attempts (recipient_id, attempt, outcome, mx_host,"
+                    " smtp_code, enhanced_status, response, started_at, duration_ms)"
+                    " from stdin"
+                ) as copy:
+                    for attempt in attempts:
+                        if attempt[0] in ours:
+                            await copy.write_row(attempt)
+                async with conn.cursor().copy(
+                    "copy events (account_id, message_id, recipient_id, event_type,"
+                    " recipient, bounce_type, bounce_subtype, detail) from stdin"
+                ) as copy:
+                    for row in events:
+                        if row[2] in ours:
+                            await copy.write_row(row)
                 if suppressions:
-                    await cur.executemany(
+                    await conn.cursor().executemany(
                         "insert into suppressions (account_id, address, reason,"
                         " message_id) select id, %s, 'BOUNCE', %s from accounts"
                         " where id = %s and 'BOUNCE' = any(suppressed_reasons)"
