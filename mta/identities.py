@@ -291,6 +291,30 @@ async def enable_easy_dkim(
     return selectors
 
 
+async def add_ed25519_key(
+    conn: AsyncConnection[Any], box: crypto.SecretBox, identity: Identity
+) -> str:
+    """Give a DKIM domain a second, Ed25519 key (RFC 8463); return its selector.
+
+    Messages are then signed twice: receivers that know Ed25519 check that
+    signature, the others the RSA one.
+    """
+    from mta.delivery import dkim
+
+    for key in await dkim_keys(conn, identity.id):
+        if key.algorithm == "ed25519-sha256":
+            return key.selector
+    selector = "ed" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
+    pem, public = dkim.generate_ed25519_key()
+    await conn.execute(
+        "insert into dkim_keys"
+        " (identity_id, selector, algorithm, private_key_sealed, public_key)"
+        " values (%s, %s, 'ed25519-sha256', %s, %s)",
+        (identity.id, selector, box.seal(pem, selector.encode()), public),
+    )
+    return selector
+
+
 async def dkim_keys(conn: AsyncConnection[Any], identity_id: int) -> list[DkimKeyRow]:
     cur = await conn.execute(
         "select selector, algorithm, public_key, private_key_sealed from dkim_keys"

@@ -63,6 +63,24 @@ def _parser() -> argparse.ArgumentParser:
     command("config", _config, "list every setting with its default, unit and value")
     suppression_cli.add_parser(sub)
 
+    identity = sub.add_parser(
+        "identity", help="manage identities", description="manage identities"
+    )
+    ident = identity.add_subparsers(
+        dest="identity_command", required=True, metavar="ACTION"
+    )
+    p = ident.add_parser(
+        "add-ed25519",
+        help="sign a DKIM domain with a second, Ed25519 key (RFC 8463)",
+        description="sign a DKIM domain with a second, Ed25519 key (RFC 8463);"
+        " prints the TXT record to publish",
+    )
+    p.set_defaults(
+        run=lambda settings, args: _account(settings, args, _identity_ed25519)
+    )
+    p.add_argument("account_id")
+    p.add_argument("domain")
+
     account = sub.add_parser(
         "account", help="manage accounts", description="manage accounts"
     )
@@ -306,6 +324,34 @@ async def _account_review(
     if change is None:
         raise CliError(f"no account {args.account_id}")
     return _summary(await _load(conn, args.account_id))
+
+
+async def _identity_ed25519(
+    conn: Any, box: crypto.SecretBox, settings: Settings, args: argparse.Namespace
+) -> Any:
+    from mta import identities
+    from mta.delivery import dkim
+
+    name = identities.normalize_domain(args.domain)
+    identity = await identities.get_identity(conn, args.account_id, name)
+    if identity is None or identity.kind != "domain":
+        raise CliError(f"account {args.account_id} has no domain identity {name}")
+    if not identity.dkim_enabled:
+        raise CliError(f"{name} has no DKIM keys yet; call VerifyDomainDkim first")
+    selector = await identities.add_ed25519_key(conn, box, identity)
+    key = next(
+        k
+        for k in await identities.dkim_keys(conn, identity.id)
+        if k.selector == selector
+    )
+    return {
+        "Selector": selector,
+        "DnsRecord": {
+            "Name": f"{selector}._domainkey.{name}",
+            "Type": "TXT",
+            "Value": dkim.dns_record(key.public_key, key.algorithm),
+        },
+    }
 
 
 async def _load(conn: Any, account_id: str) -> accounts.Account:

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     smtp_command_timeout_seconds: float = Field(
         300.0, description="outbound per-command timeout, RFC 5321 4.5.3.2 (seconds)"
     )
+    site_limits: str | None = Field(
+        None,
+        description="JSON per destination suffix overriding shaping, e.g."
+        ' {"example.com": {"max_connections": 5, "max_message_rate": 2}}'
+        " (connections, messages per connection, messages/s, idle seconds)",
+    )
     dispatch_batch_size: int = Field(
         100, description="recipients per delivery job (recipients)"
     )

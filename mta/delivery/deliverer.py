@@ -8,6 +8,7 @@ events in one transaction that only touches rows still holding our lease.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -20,7 +21,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from mta import dns, verp
-from mta.delivery import dkim, outcome
+from mta.delivery import dkim, outcome, shaping
 from mta.delivery.outcome import AttemptOutcome, AttemptResult
 from mta.delivery.session import SessionPool
 from sesame.cache import TtlCache
@@ -74,6 +75,10 @@ class Deliverer:
             port=self._smarthost[1] if self._smarthost else settings.delivery_port,
             connect_timeout=settings.smtp_connect_timeout_seconds,
             command_timeout=settings.smtp_command_timeout_seconds,
+            limits=functools.partial(
+                shaping.limits_for,
+                overrides=shaping.parse_overrides(settings.site_limits),
+            ),
         )
         self.verp_key = verp.verp_key(runtime.key)
         self.slots = asyncio.Semaphore(settings.delivery_concurrency)
@@ -413,13 +418,16 @@ async def _load_keys(
     if not rows:
         return []
     best = rows[0][0]
-    keys = []
+    keys: dict[str, dkim.DkimKey] = {}
     for name, selector, sealed in rows:
         if name != best:
             continue
         pem = runtime.box.open(bytes(sealed), selector.encode())
-        keys.append(dkim.load_key(name, selector, pem))
-    return keys
+        key = dkim.load_key(name, selector, pem)
+        # One signature per algorithm: the other Easy DKIM selectors are there
+        # for rotation, not to sign every message three times.
+        keys.setdefault(key.algorithm, key)
+    return list(keys.values())
 
 
 def _smarthost(value: str | None) -> tuple[str, int] | None:

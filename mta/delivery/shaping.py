@@ -6,6 +6,8 @@ A site is the set of MX hosts behind a destination; big providers are one site e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ __all__ = [
     "RatePacer",
     "SiteLimits",
     "limits_for",
+    "parse_overrides",
     "site_key",
 ]
 
@@ -96,6 +99,25 @@ def limits_for(
     if provider is not None:
         return _PROVIDERS[provider][1]
     return DEFAULT_LIMITS
+
+
+def parse_overrides(text: str | None) -> dict[str, SiteLimits]:
+    """Read per-site limits from JSON: ``{"suffix": {"max_connections": 5, ...}}``.
+
+    Fields left out keep the defaults; an unknown field is an error, so a typo
+    in an operator's setting does not pass silently.
+    """
+    if not text:
+        return {}
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("site limits must be a JSON object keyed by domain suffix")
+    overrides = {}
+    for suffix, fields in raw.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"site limits for {suffix!r} must be an object")
+        overrides[suffix] = dataclasses.replace(DEFAULT_LIMITS, **fields)
+    return overrides
 
 
 def site_key(mx_names: Iterable[str]) -> str:
