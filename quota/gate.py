@@ -10,7 +10,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib.resources import files
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -26,8 +26,8 @@ _REBUILD_ATTEMPTS = 3
 
 def _source(name: str) -> str:
     """Return a script's text with the shared helpers of window.lua before it."""
-    here = files(__package__)
-    return here.joinpath("window.lua").read_text() + here.joinpath(name).read_text()
+    here = Path(__file__).resolve().parent
+    return (here / "window.lua").read_text() + (here / name).read_text()
 
 
 _ADMIT = _source("admit.lua")
