@@ -12,6 +12,7 @@ import logging
 import threading
 from concurrent.futures import Future
 
+import uvloop
 from redis import Redis as SyncRedis
 from rq import Queue, SimpleWorker
 
@@ -48,7 +49,7 @@ def _process_state() -> tuple[asyncio.AbstractEventLoop, Deliverer]:
     global _loop, _deliverer
     with _lock:
         if _loop is None or _deliverer is None:
-            loop = asyncio.new_event_loop()
+            loop = uvloop.new_event_loop()
             threading.Thread(
                 target=loop.run_forever, name="delivery-loop", daemon=True
             ).start()
