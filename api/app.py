@@ -6,6 +6,7 @@ carries every SendEmail and FastAPI's routing costs more CPU than the send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,14 +18,14 @@ import psycopg
 import psycopg_pool
 import redis.exceptions
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from api import sigv4, v1, xml
 from api.errors import ApiError
 from api.query import Params
 from mta import identities
 from mta.accept import AcceptError, Acceptor, StoreUnavailable
-from sesame import accounts, ids
+from sesame import accounts, ids, metrics
 from sesame.cache import TtlCache
 from sesame.ids import AccountId
 from sesame.log import bound, event
@@ -121,6 +122,7 @@ class QueryProtocol:
         request_id = ids.new_request_id()
         started = time.perf_counter()
         action = "-"
+        outcome = "Success"  # or the SES error code: a fixed set, a bounded label
         try:
             body = await _read_body(receive)
             auth, account_id = await self.api.authenticate(scope, body)
@@ -144,14 +146,18 @@ class QueryProtocol:
                 result = await handler(call)
             payload, status = xml.response(action, request_id, result), 200
         except sigv4.SigV4Error as exc:
+            outcome = exc.code
             payload, status = _error(
                 ApiError(exc.code, exc.message, exc.status), request_id
             )
         except ApiError as exc:
+            outcome = exc.code
             payload, status = _error(exc, request_id)
         except AcceptError as exc:
+            outcome = exc.code
             payload, status = _error(ApiError(exc.code, exc.message), request_id)
         except identities.IdentityError as exc:
+            outcome = exc.code
             payload, status = _error(ApiError(exc.code, exc.message), request_id)
         except (
             StoreUnavailable,
@@ -167,12 +173,14 @@ class QueryProtocol:
                 action=action,
                 error=type(exc).__name__,
             )
+            outcome = "ServiceUnavailable"
             payload, status = _error(
                 ApiError("ServiceUnavailable", "Service is unavailable. Retry later."),
                 request_id,
             )
         except Exception:
             log.exception("request failed", extra={"fields": {"action": action}})
+            outcome = "InternalFailure"
             payload, status = _error(
                 ApiError("InternalFailure", "The request processing has failed."),
                 request_id,
@@ -185,6 +193,8 @@ class QueryProtocol:
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+        known = action if action in v1.ACTIONS else metrics.UNKNOWN_ACTION
+        metrics.api_request(known, outcome, time.perf_counter() - started)
         await send(
             {
                 "type": "http.response.start",
@@ -240,6 +250,13 @@ def create_app(settings: Settings) -> QueryProtocol:
 
     app.state.api = api
     _include_optional_routers(app)
+    metrics.known_api_actions(v1.ACTIONS)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        # Reading every process's files is disk I/O: keep it off the loop.
+        body, content_type = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:
@@ -297,4 +314,5 @@ def app_from_environment() -> QueryProtocol:
 
     settings = get_settings()
     logsetup.setup(settings.log_level)
+    metrics.start_heartbeat("api")
     return create_app(settings)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape as _escape
 
 NAMESPACE = "http://ses.amazonaws.com/doc/2010-12-01/"
+
+# Characters XML 1.0 cannot carry at all (section 2.2), even as references.
+# Error messages quote client input, so they must not reach the document raw:
+# one NUL there makes the whole answer unparseable for an SDK.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    """Escape text for an element, replacing characters XML cannot carry."""
+    return _escape(_NOT_XML.sub("\ufffd", text))
 
 
 def response(action: str, request_id: str, result: str | None) -> bytes:

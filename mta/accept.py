@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from mta import identities
 from quota.gate import Admission, QuotaGate
-from sesame import accounts
+from sesame import accounts, metrics
 from sesame.accounts import Account
 from sesame.cache import TtlCache
 from sesame.ids import MessageId
@@ -63,6 +63,8 @@ class Submission:
     interface: str  # api | smtp | system
     configuration_set: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    # The configuration set's MaxDeliverySeconds; None: the settings' default.
+    max_delivery_seconds: float | None = None
 
 
 class Acceptor:
@@ -116,6 +118,7 @@ class Acceptor:
         """Accept a message durably, or raise :class:`AcceptError`."""
         account = submission.account
         if not account.can_send:
+            metrics.message_rejected(submission.interface, "paused")
             raise AcceptError("AccountSendingPausedException", "Account is paused.")
 
         verified = await self.verified_names(account.id)
@@ -131,6 +134,7 @@ class Acceptor:
                 if not identities.covered(addr, verified)
             ]
         if failed:
+            metrics.message_rejected(submission.interface, "not_verified")
             raise AcceptError("MessageRejected", self._not_verified(failed))
 
         decision = await self._gate.admit(
@@ -141,12 +145,16 @@ class Acceptor:
             rebuild=lambda: self.recent_sends(account.id),
         )
         if decision.admission is Admission.RATE_EXCEEDED:
+            metrics.message_rejected(submission.interface, "rate_exceeded")
             raise AcceptError("Throttling", "Maximum sending rate exceeded.")
         if decision.admission is Admission.DAILY_EXCEEDED:
+            metrics.message_rejected(submission.interface, "daily_quota_exceeded")
             raise AcceptError("Throttling", "Daily message quota exceeded.")
 
         try:
-            await self._writer.commit(submission, self._expires_at())
+            await self._writer.commit(
+                submission, self._expires_at(submission.max_delivery_seconds)
+            )
         except Exception as exc:
             await self._gate.refund(account.id, len(submission.recipients))
             event(
@@ -157,6 +165,7 @@ class Acceptor:
                 message_id=submission.message_id,
                 error=type(exc).__name__,
             )
+            metrics.message_rejected(submission.interface, "unavailable")
             raise StoreUnavailable(str(exc)) from exc
 
         event(
@@ -167,12 +176,16 @@ class Acceptor:
             interface=submission.interface,
             recipients=len(submission.recipients),
         )
+        metrics.message_accepted(
+            account.id, submission.interface, len(submission.recipients)
+        )
         self._wake_dispatcher()
         return submission.message_id
 
     async def accept_system(self, submission: Submission) -> MessageId:
         """Commit Sesame's own mail (verification links) without identity or quota checks."""
         await self._writer.commit(submission, self._expires_at())
+        metrics.message_accepted(submission.account.id, "system", 1)
         self._wake_dispatcher()
         return submission.message_id
 
@@ -203,9 +216,9 @@ class Acceptor:
             account_id, rebuild=lambda: self.recent_sends(account_id)
         )
 
-    def _expires_at(self) -> datetime:
+    def _expires_at(self, max_delivery_seconds: float | None = None) -> datetime:
         return datetime.now(UTC) + timedelta(
-            seconds=self._settings.max_delivery_seconds
+            seconds=max_delivery_seconds or self._settings.max_delivery_seconds
         )
 
     def _wake_dispatcher(self) -> None:

@@ -10,8 +10,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
-from sesame import accounts, crypto, db, embedded, suppression_cli
+from sesame import (
+    accounts,
+    crypto,
+    db,
+    embedded,
+    operator_cli,
+    suppression_cli,
+    webhook_cli,
+)
 from sesame import log as logsetup
 from sesame.settings import Settings, get_settings
 
@@ -60,8 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     command("worker", _worker, "run one delivery worker process")
     command("scheduler", _scheduler, "run the scheduler (dispatch, sweeps, rollups)")
     command("migrate", _migrate, "apply database migrations (idempotent)")
-    command("config", _config, "list every setting with its default, unit and value")
+    operator_cli.add_config_arguments(
+        command(
+            "config", _config, "list every setting with its default, unit and value"
+        )
+    )
     suppression_cli.add_parser(sub)
+    operator_cli.add_parser(sub)
+    webhook_cli.add_parser(sub)
 
     identity = sub.add_parser(
         "identity", help="manage identities", description="manage identities"
@@ -147,6 +162,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = _stores(settings)
     db.migrate(settings.database_url or "")
+    _metrics(settings, "api")
     uvicorn.run(
         "api.app:app_from_environment",
         factory=True,
@@ -167,6 +183,7 @@ def _smtp(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = _stores(settings)
     db.migrate(settings.database_url or "")
+    _metrics(settings, "smtp")
     return server.run(settings)
 
 
@@ -175,19 +192,37 @@ def _mx(settings: Settings, args: argparse.Namespace) -> int:
 
     settings = _stores(settings)
     db.migrate(settings.database_url or "")
+    _metrics(settings, "mx")
     return server.run(settings)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers import deliver
 
-    return deliver.run_worker(_stores(settings))
+    settings = _stores(settings)
+    _metrics(settings, "worker")
+    return deliver.run_worker(settings)
 
 
 def _scheduler(settings: Settings, args: argparse.Namespace) -> int:
     from workers import scheduler
 
-    return asyncio.run(scheduler.run(_stores(settings)))
+    settings = _stores(settings)
+    _metrics(settings, "scheduler")
+    return asyncio.run(scheduler.run(settings))
+
+
+def _metrics(settings: Settings, component: str) -> None:
+    """Expose a component's metrics (sesame/metrics.py says where)."""
+    from sesame import metrics
+
+    if component == "api":
+        # /metrics is on the API port; several uvicorn workers share a directory.
+        metrics.share_between_workers(
+            settings.data_dir, settings.api_port, settings.api_workers
+        )
+        return
+    metrics.expose(component, settings.metrics_host, settings.metrics_port)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -198,13 +233,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
-    for name, field in Settings.model_fields.items():
-        env = "SESAME_" + name.upper()
-        default = field.default
-        print(f"{env}")
-        print(f"    default: {default!s}    current: {getattr(settings, name)!s}")
-        print(f"    {field.description}")
-    return 0
+    return operator_cli.show_config(settings, args)
 
 
 # -- accounts -----------------------------------------------------------------
@@ -276,6 +305,10 @@ async def _account_grant(
     if not account.quota_override and not account.production:
         changes["max_24_hour_send"] = settings.production_max_24_hour_send
         changes["max_send_rate"] = settings.production_max_send_rate
+    if account.details is not None:
+        # Settle a PutAccountDetails request: GetAccount then shows it GRANTED.
+        review = {**account.details.get("ReviewDetails", {}), "Status": "GRANTED"}
+        changes["details"] = Jsonb({**account.details, "ReviewDetails": review})
     return _summary(await accounts.update_account(conn, account.id, **changes))
 
 
@@ -380,4 +413,8 @@ def _summary(account: accounts.Account | None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the command
+    # modules raise sesame.cli.CliError, which must be the class caught above.
+    from sesame.cli import main as _main
+
+    sys.exit(_main())

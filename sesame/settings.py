@@ -149,6 +149,47 @@ class Settings(BaseSettings):
         1.0, description="how long a process trusts its copy of an account (seconds)"
     )
 
+    # Metrics (sesame/metrics.py)
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="bind address of a lone component's metrics endpoint (host)",
+    )
+    metrics_port: int = Field(
+        0,
+        description="metrics endpoint of sesame smtp|mx|worker|scheduler run alone;"
+        " 0 means none; under sesame up the API's /metrics covers all (TCP port)",
+    )
+    metrics_account_seconds: float = Field(
+        60.0,
+        description="how often the scheduler samples per-account quota, status and"
+        " reputation gauges (seconds)",
+    )
+
+    smtp_max_message_bytes: int = Field(
+        41943040, description="SIZE advertised and enforced on SMTP submission (bytes)"
+    )
+    smtp_idle_timeout_seconds: float = Field(
+        300.0,
+        description="SMTP session closed after this long without a byte (seconds)",
+    )
+    smtp_session_timeout_seconds: float = Field(
+        1800.0,
+        description="SMTP session deadline that activity does not reset (seconds)",
+    )
+    smtp_commands_per_session: int = Field(
+        1000, description="times each SMTP command may be used in a session (commands)"
+    )
+    smtp_auth_failures: int = Field(
+        5, description="AUTH failures per client address or username, then 454 (count)"
+    )
+    smtp_auth_failure_window_seconds: int = Field(
+        600, description="how long AUTH failures are remembered (seconds)"
+    )
+    smtp_max_connections: int = Field(
+        1000,
+        description="concurrent sessions per SMTP listener, then 421 (connections)",
+    )
+
     log_level: str = Field("INFO", description="log level (name)")
 
     @property

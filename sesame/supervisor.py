@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sesame import db
+from sesame import db, metrics
 from sesame.log import event
 from sesame.settings import Settings
 
@@ -62,6 +62,8 @@ def run(settings: Settings) -> int:
     env = dict(os.environ)
     env["SESAME_DATABASE_URL"] = settings.database_url
     env["SESAME_REDIS_URL"] = settings.redis_url
+    # One metrics directory for every child, emptied now: /metrics sums its files.
+    env.update(metrics.supervisor_environment(settings.data_dir))
     children = components(settings)
     stopping = False
 

@@ -21,7 +21,11 @@ def sesame(settings, *args, check=True):
         "SESAME_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "sesame.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "sesame.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -30,9 +34,17 @@ def sesame(settings, *args, check=True):
 
 def test_account_lifecycle(settings):
     created = json.loads(sesame(settings, "account", "create", "shop").stdout)
-    assert set(created) == {"AccountId", "AccessKeyId", "SecretAccessKey", "SmtpUsername", "SmtpPassword"}
+    assert set(created) == {
+        "AccountId",
+        "AccessKeyId",
+        "SecretAccessKey",
+        "SmtpUsername",
+        "SmtpPassword",
+    }
     assert created["SmtpUsername"] == created["AccessKeyId"]
-    assert created["SmtpPassword"] == crypto.smtp_password(created["SecretAccessKey"], "us-east-1")
+    assert created["SmtpPassword"] == crypto.smtp_password(
+        created["SecretAccessKey"], "us-east-1"
+    )
     account_id = created["AccountId"]
 
     shown = json.loads(sesame(settings, "account", "show", account_id).stdout)
@@ -40,15 +52,38 @@ def test_account_lifecycle(settings):
     assert shown["SendQuota"] == {"Max24HourSend": 200.0, "MaxSendRate": 1.0}
     assert shown["EnforcementStatus"] == "HEALTHY"
 
-    granted = json.loads(sesame(settings, "account", "grant-production", account_id).stdout)
+    granted = json.loads(
+        sesame(settings, "account", "grant-production", account_id).stdout
+    )
     assert granted["ProductionAccessEnabled"] is True
     assert granted["SendQuota"] == {"Max24HourSend": 1000.0, "MaxSendRate": 1.0}
 
-    quota = json.loads(sesame(settings, "account", "set-quota", account_id, "--max-24-hour-send", "50000", "--max-send-rate", "20").stdout)
+    quota = json.loads(
+        sesame(
+            settings,
+            "account",
+            "set-quota",
+            account_id,
+            "--max-24-hour-send",
+            "50000",
+            "--max-send-rate",
+            "20",
+        ).stdout
+    )
     assert quota["SendQuota"] == {"Max24HourSend": 50000.0, "MaxSendRate": 20.0}
 
-    assert json.loads(sesame(settings, "account", "pause", account_id).stdout)["PausedByOperator"] is True
-    assert json.loads(sesame(settings, "account", "resume", account_id).stdout)["PausedByOperator"] is False
+    assert (
+        json.loads(sesame(settings, "account", "pause", account_id).stdout)[
+            "PausedByOperator"
+        ]
+        is True
+    )
+    assert (
+        json.loads(sesame(settings, "account", "resume", account_id).stdout)[
+            "PausedByOperator"
+        ]
+        is False
+    )
     listed = json.loads(sesame(settings, "account", "list").stdout)
     assert account_id in [a["AccountId"] for a in listed]
 
@@ -80,5 +115,9 @@ def test_unknown_account_fails_with_one_line(settings, args):
 def test_migrate_is_idempotent_and_config_lists_settings(settings):
     assert json.loads(sesame(settings, "migrate").stdout) == {"Applied": []}
     out = sesame(settings, "config").stdout
-    for name in ("SESAME_API_PORT", "SESAME_MAX_DELIVERY_SECONDS", "SESAME_RETRY_BASE_SECONDS"):
+    for name in (
+        "SESAME_API_PORT",
+        "SESAME_MAX_DELIVERY_SECONDS",
+        "SESAME_RETRY_BASE_SECONDS",
+    ):
         assert name in out

@@ -14,16 +14,18 @@ from collections import defaultdict
 from typing import Any
 
 import psycopg
+import redis.exceptions
 from redis import Redis as SyncRedis
 from rq import Queue
 
 from mta import dns, identities, statistics
 from mta.accept import WAKE_KEY
 from quota import reputation
+from sesame import metrics
 from sesame.log import event
 from sesame.runtime import Runtime
 from sesame.settings import Settings
-from workers import DELIVERY_QUEUE
+from workers import DELIVERY_QUEUE, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,14 @@ class Scheduler:
         self._last_rollup = 0.0
         self._last_recheck = 0.0
         self._last_reputation = 0.0
+        self._last_webhooks = 0.0
+        # In the long-running scheduler, webhooks go out from a task of their
+        # own, so a consumer that hangs cannot hold up dispatching mail.
+        self.background_relay = False
+        self._relay: asyncio.Task[int] | None = None
+        self.gauges = metrics.GaugeSampler(
+            runtime, self.settings.sweep_seconds, self.settings.metrics_account_seconds
+        )
 
     async def tick(self) -> int:
         """Run whatever is due now; return the recipients dispatched."""
@@ -68,7 +78,27 @@ class Scheduler:
         if now - self._last_recheck >= self.settings.identity_recheck_seconds:
             self._last_recheck = now
             await self.recheck_identities()
+        if now - self._last_webhooks >= webhooks.RELAY_SECONDS:
+            self._last_webhooks = now
+            await self._relay_webhooks()
+        await self.gauges.tick()  # throttled inside: a query per sweep period
         return dispatched
+
+    async def _relay_webhooks(self) -> None:
+        if not self.background_relay:
+            await webhooks.relay_due(self.runtime)
+            return
+        if self._relay is None or self._relay.done():
+            if self._relay is not None and not self._relay.cancelled():
+                error = self._relay.exception()
+                if error is not None:
+                    event(
+                        log,
+                        "webhook relay failed",
+                        logging.WARNING,
+                        error=type(error).__name__,
+                    )
+            self._relay = asyncio.create_task(webhooks.relay_due(self.runtime))
 
     async def check_epoch(self) -> None:
         """Release claims whose jobs vanished with a wiped Redis."""
@@ -94,6 +124,7 @@ class Scheduler:
     async def dispatch(self) -> int:
         """Claim due recipients with a lease and enqueue them as batch jobs."""
         pending = await asyncio.to_thread(self.queue.__len__)
+        metrics.QUEUE_JOBS.set(pending)
         room = max(0, self.settings.workers * PENDING_JOBS_PER_WORKER - pending)
         if room == 0:
             return 0
@@ -105,6 +136,13 @@ class Scheduler:
                 " select id from recipients"
                 " where state in ('queued', 'deferred') and next_attempt_at <= now()"
                 " and expires_at > now()"
+                # Operator suspensions (mta/queue.py): one primary-key probe each.
+                " and not exists (select 1 from delivery_suspensions s"
+                " where s.kind = 'domain' and s.value = recipients.domain"
+                " and (s.until is null or s.until > now()))"
+                " and not exists (select 1 from delivery_suspensions s"
+                " where s.kind = 'account' and s.value = recipients.account_id"
+                " and (s.until is null or s.until > now()))"
                 " order by next_attempt_at limit %s for update skip locked)"
                 " update recipients r set state = 'sending',"
                 " lease_until = now() + make_interval(secs => %s), lease_token = %s,"
@@ -158,6 +196,7 @@ class Scheduler:
                     " 'delivery time expired')) from expired"
                 )
                 expired = cur.rowcount
+        metrics.RECIPIENTS.labels("expired").inc(expired)
         if released or expired:
             event(log, "swept", released=released, expired=expired)
 
@@ -184,6 +223,7 @@ async def run(settings: Settings) -> int:
     sync_redis = SyncRedis.from_url(settings.redis_url)
     queue = Queue(DELIVERY_QUEUE, connection=sync_redis)
     scheduler = Scheduler(runtime, queue)
+    scheduler.background_relay = True
 
     lock = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
     while True:
@@ -197,7 +237,14 @@ async def run(settings: Settings) -> int:
         while True:
             try:
                 dispatched = await scheduler.tick()
-            except (psycopg.OperationalError, OSError) as exc:
+            except (
+                psycopg.OperationalError,
+                OSError,
+                # Redis away (restarting, failing over) is waited out like
+                # PostgreSQL; check_epoch repairs what a wipe lost.
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+            ) as exc:
                 event(
                     log,
                     "scheduler tick failed",

@@ -24,6 +24,7 @@ from mta import dns, verp
 from mta.delivery import dkim, outcome, shaping
 from mta.delivery.outcome import AttemptOutcome, AttemptResult
 from mta.delivery.session import SessionPool
+from sesame import metrics
 from sesame.cache import TtlCache
 from sesame.log import event
 from sesame.runtime import Runtime
@@ -48,6 +49,7 @@ class Claimed:
     from_domain: str | None
     raw: bytes
     suppressed: bool  # on the account's suppression list for a reason it honours
+    tls_required: bool = False  # the message's configuration set says REQUIRE
 
 
 # A send to a suppressed address is accepted but never attempted; SES reports it
@@ -116,13 +118,23 @@ class Deliverer:
                 " exists (select 1 from suppressions s join accounts a"
                 " on a.id = s.account_id where s.account_id = r.account_id"
                 " and s.address = lower(r.address)"
-                " and s.reason = any(a.suppressed_reasons))"
+                # A configuration set's suppressed reasons replace the account's.
+                " and s.reason = any(coalesce(c.suppressed_reasons,"
+                " a.suppressed_reasons))),"
+                " coalesce(c.tls_policy = 'require', false)"
                 " from recipients r join messages m on m.id = r.message_id"
+                " left join configuration_sets c on c.account_id = m.account_id"
+                " and c.name = m.configuration_set"
                 " where r.id = any(%s) and r.lease_token = %s and r.state = 'sending'",
                 (ids, lease_token),
             )
             return [
-                Claimed(*row[:9], bytes(row[9]), row[10])  # type: ignore[arg-type]
+                Claimed(  # type: ignore[misc]
+                    *row[:9],
+                    raw=bytes(row[9]),
+                    suppressed=row[10],
+                    tls_required=row[11],
+                )
                 for row in await cur.fetchall()
             ]
 
@@ -134,6 +146,7 @@ class Deliverer:
             return row.raw
         started = time.perf_counter()
         header = dkim.sign(row.raw, keys)
+        metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
         event(
             log,
             "message signed",
@@ -179,7 +192,11 @@ class Deliverer:
             )
             try:
                 results = await self.sessions.send(
-                    hosts=hosts, mail_from=mail_from, rcpt_to=[row.address], data=data
+                    hosts=hosts,
+                    mail_from=mail_from,
+                    rcpt_to=[row.address],
+                    data=data,
+                    tls_required=row.tls_required,
                 )
             except Exception as exc:  # a bug must not lose the batch's other outcomes
                 log.exception(
@@ -208,8 +225,10 @@ class Deliverer:
         attempts: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         suppressions: list[tuple[Any, ...]] = []
+        finished: list[tuple[Claimed, AttemptResult, str, str]] = []
         for row, result in zip(rows, results, strict=True):
             state, next_at, kind = self._next_state(row, result, now)
+            finished.append((row, result, state, kind))
             updates.append(
                 (
                     state,
@@ -290,13 +309,19 @@ class Deliverer:
                 if suppressions:
                     await conn.cursor().executemany(
                         "insert into suppressions (account_id, address, reason,"
-                        " message_id) select id, %s, 'BOUNCE', %s from accounts"
-                        " where id = %s and 'BOUNCE' = any(suppressed_reasons)"
+                        " message_id) select a.id, %s, 'BOUNCE', m.id from messages m"
+                        " join accounts a on a.id = m.account_id"
+                        " left join configuration_sets c on c.account_id = m.account_id"
+                        " and c.name = m.configuration_set where m.id = %s"
+                        " and a.id = %s and 'BOUNCE' = any(coalesce(c.suppressed_reasons,"
+                        " a.suppressed_reasons))"
                         " on conflict (account_id, address) do update set"
                         " reason = 'BOUNCE', updated_at = now(),"
                         " message_id = excluded.message_id",
                         suppressions,
                     )
+        # Counted once committed, and only rows that were still ours to write.
+        metrics.deliveries_recorded([f for f in finished if f[0].id in ours], now)
 
     def _next_state(
         self, row: Claimed, result: AttemptResult, now: datetime

@@ -7,10 +7,9 @@ its content goes to mta.feedback.record as an RFC 3464 or RFC 5965 report.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg_pool
@@ -21,6 +20,8 @@ from redis.asyncio import Redis
 
 from mta.feedback.record import FeedbackRecorder, ReportKind, Result
 from mta.inbound import Limits, replies
+from mta.smtpd import BaseHandler, Replies, client_key
+from sesame import metrics
 from sesame.log import event
 
 __all__ = [
@@ -34,28 +35,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPORTS = Counter(
-    "sesame_mx_reports_total",
-    "Inbound MX messages by report kind and what became of them",
-    ["kind", "result"],
-)
-CONNECTIONS = Counter("sesame_mx_connections_total", "Inbound MX connections accepted")
-REJECTIONS = Counter(
-    "sesame_mx_rejections_total",
-    "Inbound MX connections, commands or messages refused, by reason",
-    ["reason"],
-)
-# Bounded label values for sesame_mx_rejections_total.
-REJECTION_REASONS = (
-    "relay_denied",
-    "bad_address",
-    "too_many_recipients",
-    "too_large",
-    "too_many_connections",
-    "connection_rate",
-    "message_rate",
-    "unavailable",
-)
+# Defined in sesame.metrics with the rest; the names stay importable from here.
+REPORTS = metrics.MX_REPORTS
+CONNECTIONS = metrics.MX_CONNECTIONS
+REJECTIONS = metrics.MX_REJECTIONS
+REJECTION_REASONS = metrics.MX_REJECTION_REASONS
 for _kind in ReportKind:
     for _result in Result:
         REPORTS.labels(_kind.value, _result.value)
@@ -64,8 +48,6 @@ for _reason in REJECTION_REASONS:
 
 # sesame:mx:rate:<what>:<client> holds one fixed window's count (INCR + EXPIRE).
 RATE_KEY = "sesame:mx:rate:{}:{}"
-# One IPv6 customer usually holds a whole /64 (RFC 6177), so that is one client.
-_IPV6_CLIENT_PREFIX = 64
 # Local parts we take: dot-atom text without "%", "!" or quotes, which older
 # MTAs read as routing ("user%host@relay"); VERP tokens and role names fit.
 _LOCAL_PART = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*", re.ASCII)
@@ -85,8 +67,13 @@ class MxSession(Session):
         self.session_id = session_id
 
 
-class MxHandler:
+class MxHandler(BaseHandler):
     """aiosmtpd handler: checks envelopes and rates, records reports at DATA."""
+
+    REPLIES: ClassVar[Replies] = replies
+    logger: ClassVar[logging.Logger] = log
+    event_prefix: ClassVar[str] = "mx"
+    rejections: ClassVar[Counter] = REJECTIONS
 
     def __init__(
         self,
@@ -95,6 +82,7 @@ class MxHandler:
         redis: Redis,
         limits: Limits,
     ) -> None:
+        super().__init__(limits.max_recipients)
         self._domain = return_path_domain.rstrip(".").lower()
         self._recorder = recorder
         self._redis = redis
@@ -129,72 +117,24 @@ class MxHandler:
 
     # -- hooks -----------------------------------------------------------------
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        """Advertise aiosmtpd's extensions except AUTH, plus ENHANCEDSTATUSCODES."""
-        session.host_name = hostname
-        lines = [
-            r for r in responses if r != "250 HELP" and not r[4:].startswith("AUTH")
-        ]
-        lines.append("250 ENHANCEDSTATUSCODES")  # RFC 2034
-        return [line.replace("250 ", "250-", 1) for line in lines[:-1]] + lines[-1:]
+    def advertises(self, line: str) -> bool:
+        """Pass on aiosmtpd's EHLO lines except HELP and AUTH (none here)."""
+        return super().advertises(line) and not line[4:].startswith("AUTH")
 
-    async def handle_HELO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
-    ) -> str:
-        session.host_name = hostname
-        return f"250 {server.hostname}"
-
-    async def handle_NOOP(
-        self, server: SMTP, session: Session, envelope: Envelope, arg: str
-    ) -> str:
-        return replies.OK
-
-    async def handle_RSET(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
-        return replies.OK
-
-    async def handle_QUIT(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
-        return replies.CLOSING
-
-    async def handle_MAIL(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
+    async def check_sender(
+        self, session: Session, envelope: Envelope, address: str
+    ) -> str | None:
         """Take any reverse-path, "<>" included: DSNs come with a null one."""
         if await self._over_rate("msg", session.peer, self._limits.messages_per_window):
             REJECTIONS.labels("message_rate").inc()
             event(log, "mx message refused", reason="message rate")
             return replies.MESSAGE_RATE
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return replies.SENDER_OK
+        return None
 
-    async def handle_RCPT(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
+    async def check_recipient(
+        self, session: Session, envelope: Envelope, address: str
+    ) -> str | None:
         """Take recipients at the return-path domain only; never relay."""
-        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
-            REJECTIONS.labels("too_many_recipients").inc()
-            return replies.TOO_MANY_RECIPIENTS
         local, at, domain = address.rpartition("@")
         if not at or domain.rstrip(".").lower() != self._domain:
             REJECTIONS.labels("relay_denied").inc()
@@ -205,9 +145,7 @@ class MxHandler:
             REJECTIONS.labels("relay_denied").inc()
             event(log, "mx recipient refused", reason="routing syntax")
             return replies.RELAY_DENIED
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return replies.RECIPIENT_OK
+        return None
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
@@ -227,6 +165,7 @@ class MxHandler:
             )
             return replies.TEMPORARY_FAILURE
         REPORTS.labels(recorded.kind.value, recorded.result.value).inc()
+        metrics.feedback_recorded(recorded.recipients)
         if recorded.result is not Result.ATTRIBUTED:
             event(
                 log,
@@ -238,27 +177,3 @@ class MxHandler:
                 bytes=len(raw),
             )
         return replies.ACCEPTED
-
-    async def handle_exception(self, error: Exception) -> str:
-        """Answer an unexpected error without showing its text to the client."""
-        log.error(
-            "mx session error",
-            exc_info=error,
-            extra={"fields": {"error": type(error).__name__}},
-        )
-        return replies.TEMPORARY_FAILURE
-
-
-def client_key(peer: Any) -> str:
-    """Return the rate-limit identity of a peer: its IPv4 address or IPv6 /64."""
-    host = peer[0] if isinstance(peer, tuple) and peer else peer
-    try:
-        address = ipaddress.ip_address(str(host))
-    except ValueError:
-        return str(host)[:64]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        network = ipaddress.IPv6Network((address, _IPV6_CLIENT_PREFIX), strict=False)
-        return str(network)
-    return str(address)

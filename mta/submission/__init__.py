@@ -48,7 +48,16 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Limits:
         """Return the limits for these settings, with some replaced."""
-        values: dict[str, Any] = {"max_recipients": settings.max_recipients}
+        values: dict[str, Any] = {
+            "max_message_bytes": settings.smtp_max_message_bytes,
+            "max_recipients": settings.max_recipients,
+            "idle_seconds": settings.smtp_idle_timeout_seconds,
+            "session_seconds": settings.smtp_session_timeout_seconds,
+            "commands_per_session": settings.smtp_commands_per_session,
+            "auth_failures": settings.smtp_auth_failures,
+            "auth_failure_window_seconds": settings.smtp_auth_failure_window_seconds,
+            "max_connections": settings.smtp_max_connections,
+        }
         values.update(overrides)
         return cls(**values)
 

@@ -10,60 +10,33 @@ import hashlib
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg_pool
 import redis.exceptions
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from mta import message
+from mta import configuration_sets, message
 from mta.accept import AcceptError, Acceptor, StoreUnavailable, Submission
+from mta.smtpd import BaseHandler, Replies
 from mta.submission import Limits, build_raw_submission, replies
-from sesame import accounts
+from sesame import accounts, metrics
 from sesame.ids import AccountId
 from sesame.log import bound, event
 from sesame.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CONNECTIONS = Counter(
-    "sesame_smtp_connections_total", "SMTP submission connections accepted"
-)
-AUTH_ATTEMPTS = Counter(
-    "sesame_smtp_auth_total",
-    "SMTP AUTH attempts by result (success, invalid, throttled, error)",
-    ["result"],
-)
-ACCEPTED = Counter(
-    "sesame_smtp_messages_accepted_total", "Messages accepted over SMTP submission"
-)
-REJECTIONS = Counter(
-    "sesame_smtp_rejections_total",
-    "SMTP transactions or commands refused, by reason",
-    ["reason"],
-)
-ACCEPT_SECONDS = Histogram(
-    "sesame_smtp_accept_seconds",
-    "Time from the end of DATA to the final reply",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-
-# Bounded label values for sesame_smtp_rejections_total.
-REJECTION_REASONS = (
-    "auth_required",
-    "bad_address",
-    "too_many_recipients",
-    "too_large",
-    "invalid",
-    "not_verified",
-    "throttled",
-    "paused",
-    "unavailable",
-)
+# Defined in sesame.metrics with the rest (bounded labels listed there).
+CONNECTIONS = metrics.SMTP_CONNECTIONS
+AUTH_ATTEMPTS = metrics.SMTP_AUTH
+ACCEPTED = metrics.SMTP_ACCEPTED
+REJECTIONS = metrics.SMTP_REJECTIONS
+ACCEPT_SECONDS = metrics.SMTP_ACCEPT_SECONDS
 
 AUTH_FAIL_IP_KEY = "sesame:authfail:ip:{}"
 AUTH_FAIL_USER_KEY = "sesame:authfail:user:{}"
@@ -109,8 +82,13 @@ class SubmissionEnvelope(Envelope):
         self.recipients: list[message.Address] = []
 
 
-class SubmissionHandler:
+class SubmissionHandler(BaseHandler):
     """aiosmtpd handler: checks envelopes, then hands DATA to the Acceptor."""
+
+    REPLIES: ClassVar[Replies] = replies
+    logger: ClassVar[logging.Logger] = log
+    event_prefix: ClassVar[str] = "smtp"
+    rejections: ClassVar[Counter] = REJECTIONS
 
     def __init__(
         self,
@@ -120,6 +98,7 @@ class SubmissionHandler:
         acceptor: Acceptor,
         limits: Limits,
     ) -> None:
+        super().__init__(limits.max_recipients)
         self._settings = settings
         self._pool = pool
         self._redis = redis
@@ -186,49 +165,10 @@ class SubmissionHandler:
 
     # -- hooks -----------------------------------------------------------------
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        """Advertise aiosmtpd's extensions plus ENHANCEDSTATUSCODES (RFC 2034)."""
-        session.host_name = hostname
-        lines = [r for r in responses if r != "250 HELP"]
-        lines.append("250 ENHANCEDSTATUSCODES")
-        return [line.replace("250 ", "250-", 1) for line in lines[:-1]] + lines[-1:]
-
-    async def handle_HELO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
-    ) -> str:
-        session.host_name = hostname
-        return f"250 {server.hostname}"
-
-    async def handle_NOOP(
-        self, server: SMTP, session: Session, envelope: Envelope, arg: str
-    ) -> str:
-        return replies.OK
-
-    async def handle_RSET(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
-        return replies.OK
-
-    async def handle_QUIT(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
-        return replies.CLOSING
-
-    async def handle_MAIL(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
+    async def check_sender(
+        self, session: Session, envelope: Envelope, address: str
+    ) -> str | None:
+        """Take a parseable address; keep it parsed on the envelope for DATA."""
         try:
             parsed = message.parse_address(address)
         except message.MessageError:
@@ -236,21 +176,12 @@ class SubmissionHandler:
             return replies.SENDER_INVALID
         if isinstance(envelope, SubmissionEnvelope):
             envelope.sender = parsed
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return replies.SENDER_OK
+        return None
 
-    async def handle_RCPT(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
-            REJECTIONS.labels("too_many_recipients").inc()
-            return replies.TOO_MANY_RECIPIENTS
+    async def check_recipient(
+        self, session: Session, envelope: Envelope, address: str
+    ) -> str | None:
+        """Take a parseable address; keep it parsed on the envelope for DATA."""
         try:
             parsed = message.parse_address(address)
         except message.MessageError:
@@ -258,9 +189,7 @@ class SubmissionHandler:
             return replies.RECIPIENT_INVALID
         if isinstance(envelope, SubmissionEnvelope):
             envelope.recipients.append(parsed)
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return replies.RECIPIENT_OK
+        return None
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
@@ -271,15 +200,6 @@ class SubmissionHandler:
             reply = await self._data(session, envelope)
         ACCEPT_SECONDS.observe(time.perf_counter() - started)
         return reply
-
-    async def handle_exception(self, error: Exception) -> str:
-        """Answer an unexpected error without showing its text to the client."""
-        log.error(
-            "smtp session error",
-            exc_info=error,
-            extra={"fields": {"error": type(error).__name__}},
-        )
-        return replies.TEMPORARY_FAILURE
 
     # -- the accept path -------------------------------------------------------
 
@@ -306,6 +226,12 @@ class SubmissionHandler:
         except AcceptError as exc:
             return self._refused(exc.code, exc.message)
         try:
+            await self._apply_configuration_set(submission)
+        except AcceptError as exc:
+            return self._refused(exc.code, exc.message)
+        except _STORE_ERRORS as exc:
+            return self._unavailable(exc)
+        try:
             # Shielded: once checks and the quota have begun, a client that hangs up
             # must not leave the quota counted for a message that was not committed.
             message_id = await asyncio.shield(self._acceptor.accept(submission))
@@ -316,18 +242,21 @@ class SubmissionHandler:
         ACCEPTED.inc()
         return replies.render(replies.ACCEPTED, message_id=message_id)
 
+    async def _apply_configuration_set(self, submission: Submission) -> None:
+        """Check the set X-SES-CONFIGURATION-SET names; apply its MaxDeliverySeconds."""
+        if submission.configuration_set is None:
+            return
+        async with self._pool.connection() as conn:
+            found = await configuration_sets.resolve(
+                conn, submission.account.id, submission.configuration_set
+            )
+        submission.max_delivery_seconds = found.max_delivery_seconds
+
     def _build(
         self, raw: bytes, envelope: Envelope, account: accounts.Account
     ) -> Submission:
         limit = self._limits.max_message_bytes
         parsed = message.parse_raw(raw, max_bytes=limit)
-        if parsed.configuration_set is not None:
-            # TODO(#6): configuration sets are not stored yet; every name is unknown,
-            # as in the API, so such a message is refused rather than sent untracked.
-            raise AcceptError(
-                "ConfigurationSetDoesNotExist",
-                f"Configuration set <{parsed.configuration_set}> does not exist.",
-            )
         assert envelope.mail_from is not None
         if isinstance(envelope, SubmissionEnvelope) and envelope.sender is not None:
             source, recipients = envelope.sender, envelope.recipients

@@ -1,7 +1,6 @@
 """Every reply the submission server sends (RFC 5321 4.2), with RFC 3463 codes.
 
-RFC 2034 3: the greeting and EHLO/HELO replies carry no enhanced code; 3xx
-intermediate replies (354, 334) have none either.
+Per RFC 2034 3 the greeting and EHLO/HELO replies, like 3xx ones, carry none.
 """
 
 from __future__ import annotations
