@@ -140,7 +140,10 @@ def _mail(event: EventRow, message: MessageRow | None) -> dict[str, Any]:
         "source": message.source,
         "sendingAccountId": message.account_id,
         "messageId": message.id,
-        "destination": list(message.destination),
+        # A message whose template failed to render has no recipient rows; its
+        # rendering_failure event names the destination instead.
+        "destination": list(message.destination)
+        or list(_detail(event).get("destination") or []),
         "headersTruncated": truncated,
         "headers": [{"name": n, "value": v} for n, v in headers],
         # From the whole fetched block: a long header block still names these.

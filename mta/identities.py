@@ -6,6 +6,7 @@ An address is verified through a single-use link mailed to it; a domain when its
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from dataclasses import dataclass
@@ -274,7 +275,9 @@ async def enable_easy_dkim(
         for _ in range(DKIM_SELECTORS):
             # SES's DKIM tokens are 32 lower-case characters; they name the selector.
             selector = base64.b32encode(secrets.token_bytes(20)).decode().lower()
-            pem, public = dkim.generate_rsa_key(2048)
+            # Generating an RSA key takes tens of milliseconds of CPU: keep it
+            # off the event loop that serves other requests.
+            pem, public = await asyncio.to_thread(dkim.generate_rsa_key, 2048)
             await conn.execute(
                 "insert into dkim_keys"
                 " (identity_id, selector, algorithm, private_key_sealed, public_key)"

@@ -118,10 +118,12 @@ with acct as (
                   and (e.domain = i.name
                        or right(e.domain, length(i.name) + 1) = '.' || i.name)
             ))::int,
-           (e.event_type = 'complaint')::int
+           (e.event_type = 'complaint'
+            and e.feedback_type is distinct from 'not-spam')::int
     from (
         select ev.account_id, ev.created_at, ev.event_type, ev.bounce_type,
-               ev.bounce_subtype, lower(substring(ev.recipient from '[^@]*$')) as domain
+               ev.bounce_subtype, lower(substring(ev.recipient from '[^@]*$')) as domain,
+               ev.detail->>'complaintFeedbackType' as feedback_type
         from events ev join acct on acct.id = ev.account_id
         where ev.event_type in ('bounce', 'complaint') and ev.created_at > %(start)s
           and ev.created_at > acct.since and ev.created_at <= %(now)s

@@ -218,6 +218,20 @@ async def test_complaints_pause_an_account(
     assert change.complaint_rate == pytest.approx(0.005)
 
 
+async def test_not_spam_reports_are_not_complaints(
+    conn: AsyncConnection[Any], made: Accounts, now: datetime
+) -> None:
+    account_id = await made.create(production=False)
+    await made.send(account_id, now - 3 * HOUR, 2_000)
+    await made.feedback(account_id, now - 2 * HOUR, 10, event_type="complaint")
+    await conn.execute(
+        "update events set detail = '{\"complaintFeedbackType\": \"not-spam\"}'"
+        " where account_id = %s and event_type = 'complaint'",
+        (account_id,),
+    )
+    assert await evaluate_all(conn, now, account_ids=[account_id]) == []
+
+
 async def test_a_few_sends_are_not_judged(
     conn: AsyncConnection[Any], made: Accounts, now: datetime
 ) -> None:
