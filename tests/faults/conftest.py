@@ -1,0 +1,33 @@
+"""Fixtures of the fault suite: a fresh installation of real processes per test."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import Stack, open_stack
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """open_stack(**options) for this test; everything is torn down after it.
+
+    When a test fails, the components' output is attached to its report.
+    """
+    with contextlib.ExitStack() as exits:
+        opened: list[Stack] = []
+
+        def make(**options: Any) -> Stack:
+            stack = exits.enter_context(
+                open_stack(workdir=tmp_path / f"stack{len(opened)}", **options)
+            )
+            opened.append(stack)
+            return stack
+
+        yield make
+        for stack in opened:
+            print(stack.cluster.logs()[-6000:])
