@@ -30,8 +30,11 @@ class CliError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    return run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; a failure is one line on stderr and exit status 1."""
     settings = get_settings()
     logsetup.setup(settings.log_level)
     try:
@@ -41,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sesame: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
-        print(
-            f"sesame: database unavailable: {str(exc).splitlines()[0]}", file=sys.stderr
-        )
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"sesame: database unavailable: {first}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

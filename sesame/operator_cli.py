@@ -19,13 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import psycopg
 from psycopg import AsyncConnection
 
 from mta import queue
 from sesame import cli, db
-from sesame import log as logsetup
-from sesame.settings import Settings, get_settings
+from sesame.settings import Settings
 
 if TYPE_CHECKING:
     # Imported where used: every sesame command loads this module, and rich
@@ -85,20 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(config)
     config.set_defaults(run=show_config)
     args = parser.parse_args(argv)
-    settings = get_settings()
-    logsetup.setup(settings.log_level)
-    try:
-        result: int = args.run(settings, args)
-        return result
-    except cli.CliError as exc:
-        print(f"sesame: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.OperationalError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sesame: database unavailable: {first}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return cli.run(args)
 
 
 # -- parsers --------------------------------------------------------------------

@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import psycopg
 from psycopg import AsyncConnection
 
 from mta import message
 from sesame import cli, db
-from sesame import log as logsetup
-from sesame.settings import Settings, get_settings
+from sesame.settings import Settings
 
 __all__ = ["REASONS", "add_parser", "main", "normalize_address"]
 
@@ -87,20 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(["suppression", *(sys.argv[1:] if argv is None else argv)])
-    settings = get_settings()
-    logsetup.setup(settings.log_level)
-    try:
-        result: int = args.run(settings, args)
-        return result
-    except cli.CliError as exc:
-        print(f"sesame: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.OperationalError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sesame: database unavailable: {first}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return cli.run(args)
 
 
 def normalize_address(text: str) -> str:

@@ -12,13 +12,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection, errors
 
 from mta import events
 from sesame import cli, crypto, db
-from sesame import log as logsetup
-from sesame.settings import Settings, get_settings
+from sesame.settings import Settings
 
 __all__ = ["add_parser", "main", "parse_event_types"]
 
@@ -93,20 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sesame", description="Manage webhooks.")
     add_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(["webhook", *(sys.argv[1:] if argv is None else argv)])
-    settings = get_settings()
-    logsetup.setup(settings.log_level)
-    try:
-        result: int = args.run(settings, args)
-        return result
-    except cli.CliError as exc:
-        print(f"sesame: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.OperationalError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sesame: database unavailable: {first}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return cli.run(args)
 
 
 def parse_event_types(text: str) -> list[str]:
