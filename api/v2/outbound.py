@@ -178,18 +178,11 @@ class EmailContent(SesModel):
     ] = None
 
 
-class SendEmailRequest(SesModel):
-    """Send one message."""
+class _SenderOptions(SesModel):
+    """Fields every send shares besides its sender and content."""
 
-    from_email_address: Annotated[
-        str | None, Field(description="The sender; for Raw content, From when absent.")
-    ] = None
     from_email_address_identity_arn: Annotated[
         str | None, Field(description="Accepted and ignored.")
-    ] = None
-    destination: Annotated[
-        Destination | None,
-        Field(description="Recipients; for Raw content, To/Cc/Bcc when absent."),
     ] = None
     reply_to_addresses: Annotated[
         list[str], Field(description="Reply-To: addresses.")
@@ -199,6 +192,18 @@ class SendEmailRequest(SesModel):
     ] = None
     feedback_forwarding_email_address_identity_arn: Annotated[
         str | None, Field(description="Accepted and ignored.")
+    ] = None
+
+
+class SendEmailRequest(_SenderOptions):
+    """Send one message."""
+
+    from_email_address: Annotated[
+        str | None, Field(description="The sender; for Raw content, From when absent.")
+    ] = None
+    destination: Annotated[
+        Destination | None,
+        Field(description="Recipients; for Raw content, To/Cc/Bcc when absent."),
     ] = None
     content: EmailContent = Field(description="The message.")
     email_tags: Annotated[
@@ -263,22 +268,10 @@ class BulkEmailEntry(SesModel):
     ] = []
 
 
-class SendBulkEmailRequest(SesModel):
+class SendBulkEmailRequest(_SenderOptions):
     """Send one templated message per entry."""
 
     from_email_address: Annotated[str | None, Field(description="The sender.")] = None
-    from_email_address_identity_arn: Annotated[
-        str | None, Field(description="Accepted and ignored.")
-    ] = None
-    reply_to_addresses: Annotated[
-        list[str], Field(description="Reply-To: addresses.")
-    ] = []
-    feedback_forwarding_email_address: Annotated[
-        str | None, Field(description="Must be verified, like the sender.")
-    ] = None
-    feedback_forwarding_email_address_identity_arn: Annotated[
-        str | None, Field(description="Accepted and ignored.")
-    ] = None
     default_email_tags: Annotated[
         list[MessageTag], Field(description="Tags of every entry.")
     ] = []
