@@ -296,7 +296,40 @@ async def _account_show(
         (account.id,),
     )
     states = {row[0]: row[1] for row in await cur.fetchall()}
-    return {**_summary(account), "SentLast24Hours": float(sent), "Recipients": states}
+    return {
+        **_summary(account),
+        "SentLast24Hours": float(sent),
+        "Recipients": states,
+        "Reputation": await _reputation(conn, account.id),
+    }
+
+
+async def _reputation(conn: Any, account_id: str) -> dict[str, Any]:
+    """Bounce and complaint rates as the enforcement policy judges them."""
+    from quota import policy, reputation
+
+    history = (await reputation.load_histories(conn, account_ids=[account_id])).get(
+        account_id
+    )
+    rep = policy.reputation(history) if history else None
+    changes = await reputation.recent_changes(conn, account_id, limit=5)
+    return {
+        "Recipients": rep.recipients if rep else 0,
+        "Bounces": rep.bounces if rep else 0,
+        "Complaints": rep.complaints if rep else 0,
+        "BounceRate": rep.bounce_rate if rep else None,
+        "ComplaintRate": rep.complaint_rate if rep else None,
+        "RecentChanges": [
+            {
+                "At": change.at.isoformat(),
+                "Kind": change.kind,
+                "Reason": change.reason,
+                "From": change.old_status,
+                "To": change.new_status,
+            }
+            for change in changes
+        ],
+    }
 
 
 async def _account_grant(

@@ -51,6 +51,8 @@ def test_account_lifecycle(settings):
     assert shown["ProductionAccessEnabled"] is False
     assert shown["SendQuota"] == {"Max24HourSend": 200.0, "MaxSendRate": 1.0}
     assert shown["EnforcementStatus"] == "HEALTHY"
+    assert shown["Reputation"]["BounceRate"] is None  # too little volume to judge
+    assert shown["Reputation"]["Recipients"] == 0
 
     granted = json.loads(
         sesame(settings, "account", "grant-production", account_id).stdout
