@@ -18,10 +18,11 @@ class Settings(BaseSettings):
 
     # Storage
     database_url: str | None = Field(
-        None, description="PostgreSQL URL; unset means embedded PostgreSQL in data_dir"
+        None,
+        description="PostgreSQL URL; unset means embedded PostgreSQL in data_dir (URL)",
     )
     redis_url: str | None = Field(
-        None, description="Redis URL; unset means embedded Redis in data_dir"
+        None, description="Redis URL; unset means embedded Redis in data_dir (URL)"
     )
     data_dir: Path = Field(
         Path("./var"),
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None,
         description="base64 32-byte key that encrypts stored secrets; "
-        "unset means a key generated once in data_dir/secret.key",
+        "unset means a key generated once in data_dir/secret.key (base64)",
     )
 
     # Listeners
@@ -78,7 +79,8 @@ class Settings(BaseSettings):
         25, description="TCP port used to connect to destination MX hosts (TCP port)"
     )
     smarthost: str | None = Field(
-        None, description="host:port that relays all outbound mail instead of MX"
+        None,
+        description="relay all outbound mail through this host instead of MX (host:port)",
     )
     workers: int = Field(
         2, description="delivery worker processes started by sesame up (processes)"
