@@ -17,7 +17,7 @@ from urllib.parse import quote
 import psycopg
 import psycopg_pool
 import redis.exceptions
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from api import sigv4, v1, xml
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # A 10 MB message is 13.4 MB in base64; leave room for the other fields.
 MAX_BODY_BYTES = 20 * 1024 * 1024
 CREDENTIAL_CACHE_SECONDS = 60.0
+# Invalid verification links a client may open per window before getting 429.
+VERIFY_FAILURES_ALLOWED = 20
+VERIFY_FAILURE_WINDOW_SECONDS = 600
 
 Scope = dict[str, Any]
 
@@ -275,10 +278,24 @@ def create_app(settings: Settings) -> QueryProtocol:
         return PlainTextResponse("ready\n")
 
     @app.get("/verify/{token}", include_in_schema=False)
-    async def verify(token: str) -> HTMLResponse:
+    async def verify(token: str, request: Request) -> HTMLResponse:
+        client = request.client.host if request.client else "unknown"
+        failures_key = f"sesame:verify:failures:{client}"
+        failures = await api.runtime.redis.get(failures_key)
+        if failures is not None and int(failures) >= VERIFY_FAILURES_ALLOWED:
+            return HTMLResponse(
+                "<h1>Too many invalid verification links. Try again later.</h1>",
+                status_code=429,
+            )
         async with api.runtime.pool.connection() as conn:
             identity = await identities.confirm_email_identity(conn, token)
         if identity is None:
+            # Tokens carry 256 bits, so guessing is hopeless anyway; counting
+            # failures per client keeps a scanner from loading the database.
+            async with api.runtime.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(failures_key)
+                pipe.expire(failures_key, VERIFY_FAILURE_WINDOW_SECONDS, nx=True)
+                await pipe.execute()
             return HTMLResponse(
                 "<h1>This verification link is invalid or has expired.</h1>",
                 status_code=404,
