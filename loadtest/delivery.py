@@ -46,7 +46,9 @@ DOMAIN = "bench.example.com"
 TEXT = ("Sesame delivery benchmark. " * 3 + "\n") * 30  # ~2.5 KB; HTML doubles it
 
 
-def requests(port: int, key_id: str, secret: str, start: int, count: int) -> list[bytes]:
+def requests(
+    port: int, key_id: str, secret: str, start: int, count: int
+) -> list[bytes]:
     credentials = Credentials(key_id, secret)
     out = []
     for i in range(start, start + count):
@@ -61,8 +63,12 @@ def requests(port: int, key_id: str, secret: str, start: int, count: int) -> lis
                 "Message.Body.Html.Data": "<pre>" + TEXT + "</pre>",
             }
         ).encode()
-        request = AWSRequest(method="POST", url=f"http://127.0.0.1:{port}/", data=body,
-                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        request = AWSRequest(
+            method="POST",
+            url=f"http://127.0.0.1:{port}/",
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         SigV4Auth(credentials, "ses", "us-east-1").add_auth(request)
         head = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{port}"]
         head += [f"{k}: {v}" for k, v in request.headers.items()]
@@ -71,7 +77,9 @@ def requests(port: int, key_id: str, secret: str, start: int, count: int) -> lis
     return out
 
 
-async def submit(port: int, payloads: list[bytes], connections: int, rate: float | None) -> int:
+async def submit(
+    port: int, payloads: list[bytes], connections: int, rate: float | None
+) -> int:
     """Send the requests; return how many were answered 200."""
     ok = 0
     queue = list(reversed(payloads))
@@ -84,8 +92,11 @@ async def submit(port: int, payloads: list[bytes], connections: int, rate: float
             started = time.monotonic()
             writer.write(queue.pop())
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line[15:]) for line in head.split(b"\r\n")
-                          if line[:15].lower() == b"content-length:")
+            length = next(
+                int(line[15:])
+                for line in head.split(b"\r\n")
+                if line[:15].lower() == b"content-length:"
+            )
             await reader.readexactly(length)
             ok += head[9:12] == b"200"
             if interval:
@@ -96,7 +107,9 @@ async def submit(port: int, payloads: list[bytes], connections: int, rate: float
     return ok
 
 
-async def baseline(port: int, messages: list[tuple[str, str, bytes]], connections: int) -> float:
+async def baseline(
+    port: int, messages: list[tuple[str, str, bytes]], connections: int
+) -> float:
     """Messages/s of a plain aiosmtplib client over reused connections."""
     queue = list(messages)
 
@@ -117,8 +130,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steady", type=int, default=1000, help="messages in the latency phase")
-    parser.add_argument("--steady-rate", type=float, default=200.0, help="messages/s in the latency phase")
+    parser.add_argument(
+        "--steady", type=int, default=1000, help="messages in the latency phase"
+    )
+    parser.add_argument(
+        "--steady-rate",
+        type=float,
+        default=200.0,
+        help="messages/s in the latency phase",
+    )
     args = parser.parse_args()
 
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -139,7 +159,14 @@ def main() -> int:
         with process(sink.command(sink_port)), process([*cli, "api"], env=env):
             wait_for_port(api_port)
             wait_for_port(sink_port)
-            accepted = asyncio.run(submit(api_port, requests(api_port, key_id, secret, 0, args.messages), 32, None))
+            accepted = asyncio.run(
+                submit(
+                    api_port,
+                    requests(api_port, key_id, secret, 0, args.messages),
+                    32,
+                    None,
+                )
+            )
             stored = _stored(database_url)
             base = asyncio.run(baseline(sink_port, stored, 50))
 
@@ -150,10 +177,16 @@ def main() -> int:
                 try:
                     delivered = _wait_delivered(database_url, accepted, timeout=600)
                     elapsed = _backlog_seconds(database_url)
-                    steady_ok = asyncio.run(submit(
-                        api_port,
-                        requests(api_port, key_id, secret, args.messages, args.steady),
-                        8, args.steady_rate))
+                    steady_ok = asyncio.run(
+                        submit(
+                            api_port,
+                            requests(
+                                api_port, key_id, secret, args.messages, args.steady
+                            ),
+                            8,
+                            args.steady_rate,
+                        )
+                    )
                     _wait_delivered(database_url, accepted + steady_ok, timeout=120)
                 finally:
                     for w in workers:
@@ -163,10 +196,14 @@ def main() -> int:
     rate = delivered / elapsed
     print(f"accepted {accepted} messages through the API; {delivered} delivered")
     print(f"plain aiosmtplib, 50 connections   {base:8.0f} msg/s")
-    print(f"sesame backlog delivery            {rate:8.0f} msg/s  ({args.workers} workers, DKIM RSA-2048)")
+    print(
+        f"sesame backlog delivery            {rate:8.0f} msg/s  ({args.workers} workers, DKIM RSA-2048)"
+    )
     print(f"ratio sesame/aiosmtplib: {rate / base:.2f}  (goal >= 0.50)")
-    print(f"accept-to-delivered at {args.steady_rate:.0f} msg/s: p50 {p50:.0f} ms  p99 {p99:.0f} ms"
-          f"  ({steady_ok} messages, {failed} not delivered)")
+    print(
+        f"accept-to-delivered at {args.steady_rate:.0f} msg/s: p50 {p50:.0f} ms  p99 {p99:.0f} ms"
+        f"  ({steady_ok} messages, {failed} not delivered)"
+    )
     return 0
 
 
@@ -176,22 +213,34 @@ def _account(database_url: str, data_dir: Path) -> tuple[str, str]:
         from sesame import accounts, crypto
         from sesame.settings import Settings
 
-        settings = Settings(database_url=database_url, redis_url=REDIS_URL, data_dir=data_dir)
+        settings = Settings(
+            database_url=database_url, redis_url=REDIS_URL, data_dir=data_dir
+        )
         box = crypto.SecretBox(crypto.load_or_create_key(None, data_dir))
-        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            account, creds = await accounts.create_account(conn, box, settings, "bench", True)
-            await conn.execute("update accounts set max_24_hour_send = 1e9, max_send_rate = 1e6"
-                               " where id = %s", (account.id,))
+        async with await psycopg.AsyncConnection.connect(
+            database_url, autocommit=True
+        ) as conn:
+            account, creds = await accounts.create_account(
+                conn, box, settings, "bench", True
+            )
+            await conn.execute(
+                "update accounts set max_24_hour_send = 1e9, max_send_rate = 1e6"
+                " where id = %s",
+                (account.id,),
+            )
             cur = await conn.execute(
                 "insert into identities (account_id, name, kind, verification_status,"
                 " dkim_enabled, dkim_status) values (%s, %s, 'domain', 'success', true,"
-                " 'success') returning id", (account.id, DOMAIN))
+                " 'success') returning id",
+                (account.id, DOMAIN),
+            )
             identity_id = (await cur.fetchone())[0]
             pem, public = dkim.generate_rsa_key(2048)
             await conn.execute(
                 "insert into dkim_keys (identity_id, selector, algorithm,"
                 " private_key_sealed, public_key) values (%s, 'bench', 'rsa-sha256', %s, %s)",
-                (identity_id, box.seal(pem, b"bench"), public))
+                (identity_id, box.seal(pem, b"bench"), public),
+            )
         return creds.access_key_id, creds.secret_access_key
 
     return asyncio.run(go())
@@ -199,8 +248,10 @@ def _account(database_url: str, data_dir: Path) -> tuple[str, str]:
 
 def _stored(database_url: str) -> list[tuple[str, str, bytes]]:
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("select m.source, r.address, m.raw from messages m"
-                            " join recipients r on r.message_id = m.id").fetchall()
+        rows = conn.execute(
+            "select m.source, r.address, m.raw from messages m"
+            " join recipients r on r.message_id = m.id"
+        ).fetchall()
     return [(f"bounce@{DOMAIN}", rcpt, bytes(raw)) for _, rcpt, raw in rows]
 
 
@@ -208,8 +259,10 @@ def _wait_delivered(database_url: str, expected: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     with psycopg.connect(database_url, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            done = conn.execute("select count(*) from recipients where state in"
-                                " ('delivered', 'bounced')").fetchone()[0]
+            done = conn.execute(
+                "select count(*) from recipients where state in"
+                " ('delivered', 'bounced')"
+            ).fetchone()[0]
             if done >= expected:
                 return int(done)
             time.sleep(0.05)
@@ -239,7 +292,11 @@ def _latency(database_url: str, first_steady: int) -> tuple[float, float, int]:
     failed = sum(1 for _, state in rows if state != "delivered")
     if not steady:
         return 0.0, 0.0, failed
-    return steady[len(steady) // 2], steady[min(len(steady) - 1, int(len(steady) * 0.99))], failed
+    return (
+        steady[len(steady) // 2],
+        steady[min(len(steady) - 1, int(len(steady) * 0.99))],
+        failed,
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ def smtp_sink() -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         debs = glob.glob("/var/cache/apt/archives/postfix_*.deb")
         if not debs:
-            subprocess.run(["apt-get", "download", "postfix"], cwd=tmp, check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["apt-get", "download", "postfix"],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+            )
             debs = glob.glob(f"{tmp}/postfix_*.deb")
         subprocess.run(["dpkg", "-x", debs[0], f"{tmp}/root"], check=True)
         shutil.copy(f"{tmp}/root/usr/sbin/smtp-sink", BIN / "smtp-sink")

@@ -7,8 +7,14 @@ from sesame import crypto, db, ids
 
 def test_smtp_password_matches_ses_vectors():
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-    assert crypto.smtp_password(secret, "us-east-1") == "BLBM/9hSUELfq8Gw+rU1YcBjkOxGbhT2XG763xVLGWL9"
-    assert crypto.smtp_password(secret, "us-west-2") == "BF2PynzbSCAjX08zhZZnP/kW+T9P5zs/1Er0pi5vTEmd"
+    assert (
+        crypto.smtp_password(secret, "us-east-1")
+        == "BLBM/9hSUELfq8Gw+rU1YcBjkOxGbhT2XG763xVLGWL9"
+    )
+    assert (
+        crypto.smtp_password(secret, "us-west-2")
+        == "BF2PynzbSCAjX08zhZZnP/kW+T9P5zs/1Er0pi5vTEmd"
+    )
 
 
 def test_secret_box_round_trip_and_binding(tmp_path):
@@ -37,5 +43,8 @@ def test_message_id_has_ses_shape():
 def test_migrations_are_idempotent(database_url):
     assert db.migrate(database_url) == []
     with psycopg.connect(database_url) as conn:
-        versions = [r[0] for r in conn.execute("select version from schema_migrations order by 1")]
+        versions = [
+            r[0]
+            for r in conn.execute("select version from schema_migrations order by 1")
+        ]
     assert versions[:2] == ["0001_core", "0002_lz4_bodies"]

@@ -225,7 +225,7 @@ async def test_not_spam_reports_are_not_complaints(
     await made.send(account_id, now - 3 * HOUR, 2_000)
     await made.feedback(account_id, now - 2 * HOUR, 10, event_type="complaint")
     await conn.execute(
-        "update events set detail = '{\"complaintFeedbackType\": \"not-spam\"}'"
+        'update events set detail = \'{"complaintFeedbackType": "not-spam"}\''
         " where account_id = %s and event_type = 'complaint'",
         (account_id,),
     )

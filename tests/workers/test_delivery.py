@@ -291,7 +291,9 @@ async def test_redis_flush_after_dispatch_loses_nothing(
     assert len(smtp_sink.messages) == 5
 
 
-async def test_dns_servfail_defers_without_falling_back_to_a(sender, smtp_sink, dns_server, pipeline_factory):
+async def test_dns_servfail_defers_without_falling_back_to_a(
+    sender, smtp_sink, dns_server, pipeline_factory
+):
     server, account, ses = sender
     dns_server.servfail("broken.test")
     dns_server.add("broken.test", "A", "127.0.0.2")  # must never be used
@@ -303,12 +305,18 @@ async def test_dns_servfail_defers_without_falling_back_to_a(sender, smtp_sink, 
     pipeline = await pipeline_factory(server.settings)
     await pipeline.scheduler.dispatch()
     await pipeline.run_jobs()
-    [(state, status)] = rows(server.settings, "select state, enhanced_status from recipients where message_id = %s", mid)
+    [(state, status)] = rows(
+        server.settings,
+        "select state, enhanced_status from recipients where message_id = %s",
+        mid,
+    )
     assert (state, status) == ("deferred", "4.4.3")
     assert smtp_sink.messages == []
 
 
-async def test_first_mx_down_second_mx_delivers(sender, smtp_sinks, dns_server, pipeline_factory):
+async def test_first_mx_down_second_mx_delivers(
+    sender, smtp_sinks, dns_server, pipeline_factory
+):
     server, account, ses = sender
     dns_server.add("two.test", "MX", "10 mx1.two.test.")
     dns_server.add("two.test", "MX", "20 mx2.two.test.")
@@ -322,33 +330,62 @@ async def test_first_mx_down_second_mx_delivers(sender, smtp_sinks, dns_server, 
     )["MessageId"]
     pipeline = await pipeline_factory(server.settings)
     await pipeline.drain()
-    assert rows(server.settings, "select state, mx_host from recipients where message_id = %s", mid) == [("delivered", "mx2.two.test")]
+    assert rows(
+        server.settings,
+        "select state, mx_host from recipients where message_id = %s",
+        mid,
+    ) == [("delivered", "mx2.two.test")]
     assert len(backup.messages) == 1
 
 
 def test_site_limits_override_by_suffix():
     from mta.delivery import shaping
 
-    overrides = shaping.parse_overrides('{"example.com": {"max_connections": 3, "max_message_rate": 2.5}}')
+    overrides = shaping.parse_overrides(
+        '{"example.com": {"max_connections": 3, "max_message_rate": 2.5}}'
+    )
     limits = shaping.limits_for("mx.mail.example.com", overrides)
     assert (limits.max_connections, limits.max_message_rate) == (3, 2.5)
-    assert limits.max_messages_per_connection == shaping.DEFAULT_LIMITS.max_messages_per_connection
+    assert (
+        limits.max_messages_per_connection
+        == shaping.DEFAULT_LIMITS.max_messages_per_connection
+    )
     assert shaping.limits_for("example.net", overrides) == shaping.DEFAULT_LIMITS
     with pytest.raises(TypeError):
         shaping.parse_overrides('{"example.com": {"max_conections": 3}}')
 
 
-async def test_rsa_and_ed25519_signatures_both_verify(sender, smtp_sink, dns_server, pipeline_factory):
+async def test_rsa_and_ed25519_signatures_both_verify(
+    sender, smtp_sink, dns_server, pipeline_factory
+):
     import json
     import subprocess
     import sys
 
     server, account, ses = sender
     ses.verify_domain_dkim(Domain="example.com")
-    env = {"SESAME_DATABASE_URL": server.settings.database_url, "SESAME_REDIS_URL": server.settings.redis_url,
-           "SESAME_DATA_DIR": str(server.settings.data_dir), "SESAME_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "sesame.cli", "identity", "add-ed25519", account.id, "example.com"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    env = {
+        "SESAME_DATABASE_URL": server.settings.database_url,
+        "SESAME_REDIS_URL": server.settings.redis_url,
+        "SESAME_DATA_DIR": str(server.settings.data_dir),
+        "SESAME_LOG_LEVEL": "WARNING",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sesame.cli",
+            "identity",
+            "add-ed25519",
+            account.id,
+            "example.com",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     record = json.loads(out)["DnsRecord"]
     assert "k=ed25519" in record["Value"]
     pipeline = await pipeline_factory(server.settings)
@@ -370,6 +407,12 @@ async def test_rsa_and_ed25519_signatures_both_verify(sender, smtp_sink, dns_ser
         return b"".join(b"".join(rdata.strings) for rdata in answer)
 
     checker = dkim.DKIM(data)
-    assert checker.verify(idx=0, dnsfunc=dnsfunc) and checker.verify(idx=1, dnsfunc=dnsfunc)
-    algorithms = {line.split(b"a=")[1].split(b";")[0] for line in data.split(b"\r\n") if b" a=" in line or line.startswith(b"DKIM-Signature: v=1; a=")}
+    assert checker.verify(idx=0, dnsfunc=dnsfunc) and checker.verify(
+        idx=1, dnsfunc=dnsfunc
+    )
+    algorithms = {
+        line.split(b"a=")[1].split(b";")[0]
+        for line in data.split(b"\r\n")
+        if b" a=" in line or line.startswith(b"DKIM-Signature: v=1; a=")
+    }
     assert algorithms == {b"rsa-sha256", b"ed25519-sha256"}
