@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint fuzz bench clean
+.PHONY: run test lint fuzz clean
 
 $(BIN)/sesame: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ lint: $(BIN)/sesame
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The fuzz targets (SES Query parser, SMTP handler) with thousands of examples,
+# then the parser property tests again under the long profile.
 fuzz: $(BIN)/sesame
-	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -m fuzz
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -p no:cacheprovider -m fuzz
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/mta/test_feedback.py tests/mta/test_verp.py tests/mta/test_message.py \
+		tests/templates/test_render.py
 
 clean:
 	rm -rf $(VENV) var

@@ -12,6 +12,9 @@ import redis
 
 from sesame import db
 from sesame.settings import Settings
+from tests import hypothesis_profiles
+
+hypothesis_profiles.load()
 
 ADMIN_URL = os.environ.get(
     "SESAME_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
