@@ -46,6 +46,16 @@ def run(name: str, messages: int | None, keep: Path | None) -> Figures:
     if name in ("worker-kill", "api-kill", "redis-flushall", "redis-restart"):
         # Spread the load over about 20 s whatever its size.
         kwargs["rate"] = max(200.0, (messages or 600) / 20)
+    # More faults in a longer run: one per thousand messages, at least the tests'.
+    many = max(1, (messages or 0) // 1000)
+    if name == "worker-kill":
+        kwargs["kills"] = max(2, many)
+    if name == "api-kill":
+        kwargs["kills"] = max(3, many)
+    if name == "smtp-kill":
+        kwargs["kills"] = max(2, many)
+    if name == "redis-flushall":
+        kwargs["flushes"] = max(2, many)
     if keep is not None:
         options["workdir"] = keep / f"{name}-{int(time.time())}"
     with open_stack(**options) as stack:

@@ -12,6 +12,7 @@ import logging
 import threading
 from concurrent.futures import Future
 
+import redis.exceptions
 import uvloop
 from redis import Redis as SyncRedis
 from rq import Queue, SimpleWorker
@@ -41,7 +42,10 @@ def deliver_batch(recipient_ids: list[int], lease_token: str) -> int:
     if _wake is not None:
         # A slot in the queue is free: let the scheduler dispatch the next batch
         # now rather than at its next periodic look.
-        _wake.lpush(WAKE_KEY, b"1")
+        try:
+            _wake.lpush(WAKE_KEY, b"1")
+        except redis.exceptions.RedisError:
+            pass  # the scheduler's periodic look finds the free slot anyway
     return attempted
 
 

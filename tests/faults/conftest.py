@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.harness import Stack, open_stack
+from tests.faults.harness import PG_BIN, Stack, open_stack
 
 
 @pytest.fixture
@@ -22,6 +23,10 @@ def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
         opened: list[Stack] = []
 
         def make(**options: Any) -> Stack:
+            if shutil.which("redis-server") is None:
+                pytest.skip("redis-server is not installed (apt-get install redis)")
+            if options.get("own_postgres") and not (PG_BIN / "initdb").exists():
+                pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
             stack = exits.enter_context(
                 open_stack(workdir=tmp_path / f"stack{len(opened)}", **options)
             )

@@ -972,9 +972,14 @@ def tally(
     outcomes: list[Outcome],
     *,
     in_flight: int = 0,
+    settled: set[str] | frozenset[str] = frozenset(),
     **extra: Any,
 ) -> Figures:
-    """Compare what was answered with what reached the sink."""
+    """Compare what was answered with what reached the sink.
+
+    settled: accepted recipients that ended otherwise, with a record (a bounce
+    event); they are not lost.
+    """
     accepted = {o.address for o in outcomes if o.kind == "accepted"}
     unanswered = {o.address for o in outcomes if o.kind == "unanswered"}
     refused = {o.address for o in outcomes if o.kind == "refused"}
@@ -993,7 +998,7 @@ def tally(
         scenario=scenario,
         accepted=len(accepted),
         delivered=len(accepted & seen),
-        lost=len(accepted - seen),
+        lost=len(accepted - seen - settled),
         duplicated=sum(n - 1 for n in counts.values() if n > 1),
         in_flight=in_flight,
         unanswered=len(unanswered),
@@ -1021,7 +1026,7 @@ def tally(
     if strays:
         figures.extra["never sent but delivered"] = len(strays)
     if figures.lost:
-        missing = sorted(accepted - seen)[:20]
+        missing = sorted(accepted - seen - settled)[:20]
         states = stack.query(
             "select lower(address), state, attempts from recipients"
             " where lower(address) = any(%s)",

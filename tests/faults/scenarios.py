@@ -53,8 +53,17 @@ def _drain_seconds(messages: int) -> float:
 # -- processes killed ------------------------------------------------------------------
 
 
-def worker_kill(stack: Stack, messages: int = 600, rate: float = 200.0) -> Figures:
-    """SIGKILL each delivery worker once while its batches are being sent.
+def _shares(count: int, first: float = 0.2, last: float = 0.7) -> list[float]:
+    """Fractions of the run at which count faults are injected."""
+    if count == 1:
+        return [first]
+    return [first + (last - first) * i / (count - 1) for i in range(count)]
+
+
+def worker_kill(
+    stack: Stack, messages: int = 600, rate: float = 200.0, kills: int = 2
+) -> Figures:
+    """SIGKILL a delivery worker while its batches are being sent, kills times.
 
     The killed worker's claims stay leased until SESAME_LEASE_SECONDS pass; the
     scheduler's sweep then hands them to the other worker (or the restarted one).
@@ -66,7 +75,8 @@ def worker_kill(stack: Stack, messages: int = 600, rate: float = 200.0) -> Figur
     load = ApiLoad(stack.api_port, stack.creds, messages, rate=rate).start()
 
     in_flight = 0
-    for share, name in ((0.2, "worker-1"), (0.5, "worker-2")):
+    for k, share in enumerate(_shares(kills, 0.2, 0.5 if kills == 2 else 0.7)):
+        name = f"worker-{k % 2 + 1}"
         wait_until(
             lambda share=share: (
                 stack.sink.delivered() >= messages * share and stack.in_flight() > 0
@@ -83,7 +93,7 @@ def worker_kill(stack: Stack, messages: int = 600, rate: float = 200.0) -> Figur
         stack,
         outcomes,
         in_flight=in_flight,
-        kills=2,
+        kills=kills,
         restarts=cluster.restarts(),
         drained=drained,
     )
@@ -158,8 +168,10 @@ def smtp_kill(
 # -- Redis wiped -------------------------------------------------------------------------
 
 
-def redis_flushall(stack: Stack, messages: int = 600, rate: float = 200.0) -> Figures:
-    """FLUSHALL twice while mail is accepted and delivered.
+def redis_flushall(
+    stack: Stack, messages: int = 600, rate: float = 200.0, flushes: int = 2
+) -> Figures:
+    """FLUSHALL (twice by default) while mail is accepted and delivered.
 
     Queued jobs, quota counters and the scheduler's epoch key vanish; the
     scheduler notices the missing epoch, releases every claim and dispatches
@@ -171,7 +183,7 @@ def redis_flushall(stack: Stack, messages: int = 600, rate: float = 200.0) -> Fi
     load = ApiLoad(stack.api_port, stack.creds, messages, rate=rate).start()
 
     in_flight = 0
-    for share in (0.25, 0.6):
+    for share in _shares(flushes, 0.25, 0.6 if flushes == 2 else 0.8):
         wait_until(
             lambda share=share: (
                 stack.sink.delivered() >= messages * share and stack.in_flight() > 0
@@ -184,7 +196,12 @@ def redis_flushall(stack: Stack, messages: int = 600, rate: float = 200.0) -> Fi
     outcomes = load.join()
     drained = drain(stack, _accepted(outcomes), _drain_seconds(messages))
     return tally(
-        "redis-flushall", stack, outcomes, in_flight=in_flight, drained=drained
+        "redis-flushall",
+        stack,
+        outcomes,
+        in_flight=in_flight,
+        flushes=flushes,
+        drained=drained,
     )
 
 
@@ -379,8 +396,9 @@ def tempfail_window(stack: Stack, messages: int = 20) -> Figures:
         " where e.event_type = 'bounce'"
     )[0][0]
 
-    figures = tally("tempfail-window", stack, outcomes, drained=drained)
-    figures.lost = len(accepted - set(stack.sink.counts()) - set(bounces))
+    figures = tally(
+        "tempfail-window", stack, outcomes, settled=set(bounces), drained=drained
+    )
     per_recipient = [bounces.get(a, 0) for a in slow_accepted]
     counts = [len(attempts.get(a, [])) for a in slow_accepted]
     all_intervals = [i for a in slow_accepted for i in observed.get(a, [])]

@@ -69,8 +69,10 @@ async def test_async_bounce_after_delivery_suppresses_the_next_send(
     assert kinds == [("send", None), ("delivery", None), ("bounce", "NoEmail")]
     assert query(
         settings,
-        "select reason, message_id from suppressions where address = %s",
+        "select reason, message_id from suppressions where address = %s"
+        " and message_id = %s",
         "user@dest.test",
+        first,
     ) == [("BOUNCE", first)]
 
     second = ses.send_email(**SEND)["MessageId"]

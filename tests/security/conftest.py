@@ -31,16 +31,6 @@ from tests.support.api_server import (
 )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Until the lead registers these in pyproject.toml and tests/conftest.py.
-    config.addinivalue_line(
-        "markers", "fuzz: property-based fuzzing (make fuzz runs these long)"
-    )
-    from tests import hypothesis_profiles
-
-    hypothesis_profiles.load()
-
-
 @dataclass
 class Tenant:
     """An account with a verified domain, its credentials and boto3 clients."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import smtplib
 import ssl
 import subprocess
@@ -32,7 +33,12 @@ from tests.faults.harness import ROOT, Stack, open_stack
 from tests.faults.scenarios import wait_until
 from tests.support.api_server import verify_identity
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None, reason="redis-server is not installed"
+    ),
+]
 
 WRONG_PASSWORD = "Wr0ngButSecret-" + "q" * 20
 

@@ -2,7 +2,8 @@
 
 The link in the verification mail (``/verify/{token}``) verifies the address
 once. A used, expired, unknown or malformed token gets the same 404 and changes
-nothing; a client that keeps opening bad links is answered 429 for a while.
+nothing; after VERIFY_FAILURES_ALLOWED failures a client is answered 429 for a
+while, whatever it sends.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import pytest
 from tests.security.conftest import rows
 
 LINK = re.compile(rb"/verify/([A-Za-z0-9_-]+)")
+
+
+@pytest.fixture(autouse=True)
+def fresh_failure_counts(redis_client):
+    """Every test starts with no failed attempts counted for 127.0.0.1."""
+    for key in redis_client.scan_iter("sesame:verify:failures:*"):
+        redis_client.delete(key)
 
 
 def request_link(tenant, address: str) -> str:
@@ -124,10 +132,22 @@ def test_guessing_tokens_verifies_nothing(alice):
     assert status_of(alice, "target@inbox.test") == "Pending"
 
 
-def test_repeated_failed_attempts_from_one_client_are_throttled(alice):
+def test_repeated_failed_attempts_from_one_client_are_throttled(alice, redis_client):
+    from api.app import VERIFY_FAILURES_ALLOWED
+
+    token = request_link(alice, "patient@inbox.test")
     with httpx.Client(timeout=10) as client:
         codes = [
             visit(alice, secrets.token_urlsafe(32), client).status_code
-            for _ in range(100)
+            for _ in range(VERIFY_FAILURES_ALLOWED + 5)
         ]
-    assert 429 in codes
+        assert codes[:VERIFY_FAILURES_ALLOWED] == [404] * VERIFY_FAILURES_ALLOWED
+        assert set(codes[VERIFY_FAILURES_ALLOWED:]) == {429}
+        # While throttled even the right link is refused, and not used up.
+        assert visit(alice, token, client).status_code == 429
+        assert status_of(alice, "patient@inbox.test") == "Pending"
+        # Once the window has passed (its counter expired) the link works.
+        for key in redis_client.scan_iter("sesame:verify:failures:*"):
+            redis_client.delete(key)
+        assert visit(alice, token, client).status_code == 200
+    assert status_of(alice, "patient@inbox.test") == "Success"
