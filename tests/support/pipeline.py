@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import psycopg
+import pytest
 import pytest_asyncio
 from redis import Redis as SyncRedis
 from rq import Queue
@@ -82,3 +84,27 @@ async def pipeline_factory() -> AsyncIterator[object]:
     for p in opened:
         await p.deliverer.close()
         await p.runtime.close()
+
+
+def rows(settings: Settings, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Run one query against the test database and return its rows."""
+    with psycopg.connect(settings.database_url or "") as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def delivery_settings(
+    settings: Settings, dns_server: object, delivery_port: int
+) -> Settings:
+    """Settings whose mail to dest.test reaches the sink on 127.0.0.2, fast retries."""
+    dns_server.add("dest.test", "MX", "10 mx1.dest.test.")  # type: ignore[attr-defined]
+    dns_server.add("mx1.dest.test", "A", "127.0.0.2")  # type: ignore[attr-defined]
+    return settings.model_copy(
+        update={
+            "dns_nameservers": dns_server.nameservers,  # type: ignore[attr-defined]
+            "delivery_port": delivery_port,
+            "retry_base_seconds": 0.2,
+            "retry_max_interval_seconds": 0.5,
+            "dns_timeout_seconds": 1.0,
+        }
+    )

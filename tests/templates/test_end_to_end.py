@@ -14,6 +14,7 @@ import trustme
 
 from tests.submission.conftest import plain, start_smtp
 from tests.support.api_server import create_account, start_api, verify_identity
+from tests.support.pipeline import rows
 
 SIMPLE = {
     "Source": "sender@example.com",
@@ -23,26 +24,6 @@ SIMPLE = {
 # Mail to a domain that routes nowhere: what a test does not deliver itself must
 # not reach the sink of a later test (every test shares the database).
 NOWHERE = {"ToAddresses": ["user@nowhere.test"]}
-
-
-def rows(settings, sql, *params):
-    with psycopg.connect(settings.database_url) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-@pytest.fixture
-def delivery_settings(settings, dns_server, delivery_port):
-    dns_server.add("dest.test", "MX", "10 mx1.dest.test.")
-    dns_server.add("mx1.dest.test", "A", "127.0.0.2")
-    return settings.model_copy(
-        update={
-            "dns_nameservers": dns_server.nameservers,
-            "delivery_port": delivery_port,
-            "retry_base_seconds": 0.2,
-            "retry_max_interval_seconds": 0.5,
-            "dns_timeout_seconds": 1.0,
-        }
-    )
 
 
 @pytest.fixture

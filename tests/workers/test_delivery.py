@@ -11,26 +11,12 @@ import pytest
 
 from mta import identities
 from tests.support.api_server import create_account, verify_identity
+from tests.support.pipeline import rows
 
 SEND = {
     "Destination": {"ToAddresses": ["user@dest.test"]},
     "Message": {"Subject": {"Data": "Hello"}, "Body": {"Text": {"Data": "Body text"}}},
 }
-
-
-@pytest.fixture
-def delivery_settings(settings, dns_server, delivery_port):
-    dns_server.add("dest.test", "MX", "10 mx1.dest.test.")
-    dns_server.add("mx1.dest.test", "A", "127.0.0.2")
-    return settings.model_copy(
-        update={
-            "dns_nameservers": dns_server.nameservers,
-            "delivery_port": delivery_port,
-            "retry_base_seconds": 0.2,
-            "retry_max_interval_seconds": 0.5,
-            "dns_timeout_seconds": 1.0,
-        }
-    )
 
 
 @pytest.fixture
@@ -43,11 +29,6 @@ def sender(delivery_settings, redis_client):
     yield server, account, server.client(creds)
     server.server.should_exit = True
     server.thread.join(10)
-
-
-def rows(settings, sql, *params):
-    with psycopg.connect(settings.database_url) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 async def test_message_is_delivered_with_verp_return_path(
