@@ -299,11 +299,7 @@ async def _send_verification_mail(
     settings = runtime.settings
     link = f"{settings.public_url.rstrip('/')}/verify/{token}"
     region = settings.region.upper()
-    sender = message.parse_address(
-        f"no-reply@{settings.hostname}"
-        if "." in settings.hostname
-        else "no-reply@localhost.localdomain"
-    )
+    sender = message.parse_address(f"no-reply@{settings.hostname}")
     recipient = message.parse_address(address)
     text = (
         f"Dear Sesame customer,\r\n\r\n"
