@@ -1,4 +1,4 @@
-"""Measure QuotaGate admits/s: `python -m tests.quota.bench_admit [--tasks 16]`."""
+"""Measure QuotaGate admits/s: `.venv/bin/python -m loadtest.quota_admit [--tasks 16]`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from quota import Admission, QuotaGate, quota_keys
 
-REDIS_URL = os.environ.get("SESAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = os.environ.get("SESAME_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 
 async def no_history() -> list[tuple[int, int]]:
