@@ -92,7 +92,7 @@ class Api:
 
 
 def _raw_path(scope: Scope) -> str:
-    raw = scope.get("raw_path")
+    raw: bytes | None = scope.get("raw_path")
     if raw:
         return raw.decode("latin-1").split("?", 1)[0]
     return quote(str(scope["path"]), safe="/~")

@@ -52,7 +52,7 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 if path.stem in done:
                     continue
                 with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[arg-type]
+                    conn.execute(path.read_text())
                     conn.execute(
                         "insert into schema_migrations (version) values (%s)",
                         (path.stem,),

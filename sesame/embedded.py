@@ -32,7 +32,7 @@ def start(settings: Settings) -> Stores:
 
         pg_dir = data_dir / "pg"
         pg_dir.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pg_dir, cleanup_mode="stop")
+        server = pgserver.get_server(pg_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         handles.append(server)
         db_url = server.get_uri()
         event(log, "embedded postgresql started", data_dir=str(pg_dir))

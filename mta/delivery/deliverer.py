@@ -303,9 +303,9 @@ class Deliverer:
                     "copy events (account_id, message_id, recipient_id, event_type,"
                     " recipient, bounce_type, bounce_subtype, detail) from stdin"
                 ) as copy:
-                    for row in events:
-                        if row[2] in ours:
-                            await copy.write_row(row)
+                    for recorded in events:
+                        if recorded[2] in ours:
+                            await copy.write_row(recorded)
                 if suppressions:
                     await conn.cursor().executemany(
                         "insert into suppressions (account_id, address, reason,"
@@ -352,7 +352,7 @@ def retry_delay(
     Jitter only lengthens a delay (by up to 10 %), so successive delays never
     shrink; a server's "try again in N seconds" hint is honoured up to the cap.
     """
-    delay = base * (2 ** max(0, attempt - 1)) * (1 + random.random() * 0.1)
+    delay: float = base * (2 ** max(0, attempt - 1)) * (1 + random.random() * 0.1)
     if hint:
         delay = max(delay, hint)
     return min(delay, cap)
