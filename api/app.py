@@ -25,6 +25,7 @@ from api.errors import ApiError
 from api.query import Params
 from mta import identities
 from mta.accept import AcceptError, Acceptor, StoreUnavailable
+from mta.configuration_sets import ConfigurationSetError
 from sesame import accounts, ids, metrics
 from sesame.cache import TtlCache
 from sesame.ids import AccountId
@@ -159,7 +160,7 @@ class QueryProtocol:
         except AcceptError as exc:
             outcome = exc.code
             payload, status = _error(ApiError(exc.code, exc.message), request_id)
-        except identities.IdentityError as exc:
+        except (identities.IdentityError, ConfigurationSetError) as exc:
             outcome = exc.code
             payload, status = _error(ApiError(exc.code, exc.message), request_id)
         except (

@@ -13,7 +13,6 @@ from api.errors import ApiError, invalid, missing
 from api.query import Params
 from mta import configuration_sets, identities
 from mta.configuration_sets import ConfigurationSetError, EventDestination
-from mta.identities import IdentityError
 
 # SES v1 ListConfigurationSets: Sesame's page size when the caller gives none.
 MAX_CONFIGURATION_SET_PAGE = 1000
@@ -41,20 +40,13 @@ _ATTRIBUTES = (
 )
 
 
-def _fail(exc: ConfigurationSetError) -> ApiError:
-    return ApiError(exc.code, exc.message)
-
-
 # -- configuration sets -------------------------------------------------------
 
 
 async def create_configuration_set(call: v1.Call) -> str | None:
     name = call.params.require("ConfigurationSet.Name")
     async with call.runtime.pool.connection() as conn:
-        try:
-            await configuration_sets.create(conn, call.account.id, name)
-        except ConfigurationSetError as exc:
-            raise _fail(exc) from None
+        await configuration_sets.create(conn, call.account.id, name)
     return ""
 
 
@@ -68,7 +60,7 @@ async def describe_configuration_set(call: v1.Call) -> str | None:
     async with call.runtime.pool.connection() as conn:
         found = await configuration_sets.get(conn, call.account.id, name)
         if found is None:
-            raise _fail(configuration_sets.does_not_exist(name))
+            raise configuration_sets.does_not_exist(name)
         destinations = (
             await configuration_sets.event_destinations(conn, call.account.id, name)
             if "eventDestinations" in wanted
@@ -127,10 +119,7 @@ async def list_configuration_sets(call: v1.Call) -> str | None:
 async def delete_configuration_set(call: v1.Call) -> str | None:
     name = call.params.require("ConfigurationSetName")
     async with call.runtime.pool.connection() as conn:
-        try:
-            await configuration_sets.delete(conn, call.account.id, name)
-        except ConfigurationSetError as exc:
-            raise _fail(exc) from None
+        await configuration_sets.delete(conn, call.account.id, name)
     return ""
 
 
@@ -158,10 +147,7 @@ async def update_configuration_set_sending_enabled(call: v1.Call) -> str | None:
 
 async def _update(call: v1.Call, name: str, **changes: object) -> None:
     async with call.runtime.pool.connection() as conn:
-        try:
-            await configuration_sets.update(conn, call.account.id, name, **changes)
-        except ConfigurationSetError as exc:
-            raise _fail(exc) from None
+        await configuration_sets.update(conn, call.account.id, name, **changes)
 
 
 # -- event destinations -------------------------------------------------------
@@ -171,12 +157,9 @@ async def create_configuration_set_event_destination(call: v1.Call) -> str | Non
     name = call.params.require("ConfigurationSetName")
     destination = _event_destination(call.params)
     async with call.runtime.pool.connection() as conn:
-        try:
-            await configuration_sets.create_event_destination(
-                conn, call.account.id, name, destination
-            )
-        except ConfigurationSetError as exc:
-            raise _fail(exc) from None
+        await configuration_sets.create_event_destination(
+            conn, call.account.id, name, destination
+        )
     return ""
 
 
@@ -184,12 +167,9 @@ async def update_configuration_set_event_destination(call: v1.Call) -> str | Non
     name = call.params.require("ConfigurationSetName")
     destination = _event_destination(call.params)
     async with call.runtime.pool.connection() as conn:
-        try:
-            await configuration_sets.update_event_destination(
-                conn, call.account.id, name, destination
-            )
-        except ConfigurationSetError as exc:
-            raise _fail(exc) from None
+        await configuration_sets.update_event_destination(
+            conn, call.account.id, name, destination
+        )
     return ""
 
 
@@ -198,12 +178,9 @@ async def delete_configuration_set_event_destination(call: v1.Call) -> str | Non
     name = p.require("ConfigurationSetName")
     destination = p.require("EventDestinationName")
     async with call.runtime.pool.connection() as conn:
-        try:
-            await configuration_sets.delete_event_destination(
-                conn, call.account.id, name, destination
-            )
-        except ConfigurationSetError as exc:
-            raise _fail(exc) from None
+        await configuration_sets.delete_event_destination(
+            conn, call.account.id, name, destination
+        )
     return ""
 
 
@@ -235,11 +212,8 @@ def _event_destination(p: Params) -> EventDestination:
         url = configuration_sets.check_url(topic)
     except ConfigurationSetError as exc:
         raise ApiError("InvalidSNSDestination", exc.message) from None
-    try:
-        types = configuration_sets.check_event_types([EVENT_TYPES[t] for t in written])
-        configuration_sets.check_name(name, "event destination")
-    except ConfigurationSetError as exc:
-        raise _fail(exc) from None
+    types = configuration_sets.check_event_types([EVENT_TYPES[t] for t in written])
+    configuration_sets.check_name(name, "event destination")
     return EventDestination(
         name=name,
         enabled=p.flag("EventDestination.Enabled", default=False),
@@ -258,10 +232,7 @@ async def set_identity_notification_topic(call: v1.Call) -> str | None:
     kind = p.require("NotificationType")
     if kind not in configuration_sets.NOTIFICATION_TYPES:
         raise invalid("NotificationType must be Bounce, Complaint or Delivery.")
-    try:
-        _, name = identities.parse_identity(written)
-    except IdentityError as exc:
-        raise ApiError(exc.code, exc.message) from None
+    _, name = identities.parse_identity(written)  # the dispatcher answers its errors
     async with call.runtime.pool.connection() as conn:
         if not await identities.get_identities(conn, call.account.id, [name]):
             raise invalid(f"Identity <{written}> does not exist.")
