@@ -1,25 +1,19 @@
 """Outbound SMTP sessions (RFC 5321) reused across messages, with STARTTLS (RFC 3207).
 
-Each recipient gets an attempt result classified by RFC 3463 status (see outcome).
+A transaction is pipelined (RFC 2920) when the server offers it: RSET on a kept
+connection, MAIL, every RCPT and DATA go out in one write, the content in a
+second. Each recipient gets an attempt result classified by RFC 3463 status
+(see outcome).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiosmtplib
-from aiosmtplib import (
-    SMTPConnectResponseError,
-    SMTPException,
-    SMTPHeloError,
-    SMTPRecipientRefused,
-    SMTPResponseException,
-    SMTPSenderRefused,
-)
-
+from mta.delivery.client import ConnectionLost, Reply, SmtpClientError, SmtpConnection
 from mta.delivery.outcome import (
     AttemptOutcome,
     AttemptResult,
@@ -35,11 +29,6 @@ __all__ = ["SessionPool"]
 _QUIT_TIMEOUT = 5.0
 
 
-# An idle connection older than this gets an RSET before reuse, to find out
-# whether the server has dropped it meanwhile.
-_PROBE_AFTER_IDLE_SECONDS = 2.0
-
-
 class _StaleConnection(Exception):
     """A reused connection turned out closed before the transaction began."""
 
@@ -48,7 +37,7 @@ class _StaleConnection(Exception):
 class _Connection:
     """One open SMTP session to one MX host address."""
 
-    smtp: aiosmtplib.SMTP
+    client: SmtpConnection
     site: _Site
     mx_host: str
     ip: str
@@ -153,6 +142,7 @@ class SessionPool:
         self._closed = False
         self._new_connections = 0
         self._reused_transactions = 0
+        self._pipelined_transactions = 0
         self._transactions = 0
 
     async def send(
@@ -167,7 +157,7 @@ class SessionPool:
         """Make one delivery attempt; return one result per recipient, in order.
 
         hosts are (MX host name, IP address) pairs in preference order; data is the
-        CRLF-normalised message (aiosmtplib dot-stuffs it).
+        CRLF-normalised message (dot-stuffed on the way out).
         """
         if self._closed:
             raise RuntimeError("SessionPool.send() after close()")
@@ -211,6 +201,7 @@ class SessionPool:
             "idle_connections": sum(s.idle_count() for s in self._sites.values()),
             "new_connections": self._new_connections,
             "reused_transactions": self._reused_transactions,
+            "pipelined_transactions": self._pipelined_transactions,
             "transactions": self._transactions,
         }
 
@@ -271,12 +262,9 @@ class SessionPool:
         while True:
             conn = site.take_idle(ip, tls_required)
             if conn is not None:
-                try:
-                    usable = await self._reset(conn)
-                except BaseException:
-                    self._discard(conn)
-                    raise
-                if usable:
+                if conn.client.is_connected:
+                    # A connection the server dropped while idle shows at the
+                    # transaction's RSET, before anything is sent.
                     self._reused_transactions += 1
                     return conn
                 self._discard(conn)
@@ -306,26 +294,10 @@ class SessionPool:
             self._release_slot(site)
         return opened
 
-    async def _reset(self, conn: _Connection) -> bool:
-        """Probe an idle connection with RSET; tell whether it is still usable.
-
-        A finished transaction leaves the session ready for the next MAIL
-        (RFC 5321 3.3), so a connection used moments ago is reused as it is;
-        only one that sat idle, which the server may have closed, is probed.
-        """
-        idle = asyncio.get_running_loop().time() - conn.last_used
-        if idle < _PROBE_AFTER_IDLE_SECONDS and conn.smtp.is_connected:
-            return True  # a dead one shows at MAIL FROM as _StaleConnection
-        try:
-            await conn.smtp.rset()
-        except (SMTPException, OSError):
-            return False
-        return conn.smtp.is_connected
-
     async def _checkin(self, conn: _Connection) -> None:
         """Return a connection after a transaction: keep it idle or quit it."""
         site = conn.site
-        if self._closed or not conn.smtp.is_connected:
+        if self._closed or not conn.client.is_connected:
             await self._retire(conn)
             return
         if conn.transactions >= site.limits.max_messages_per_connection:
@@ -348,10 +320,8 @@ class SessionPool:
     async def _retire(self, conn: _Connection) -> None:
         """Say QUIT (politely, briefly), then close and free the slot."""
         try:
-            if conn.smtp.is_connected:
-                await conn.smtp.quit(timeout=min(self._command_timeout, _QUIT_TIMEOUT))
-        except (SMTPException, OSError):
-            pass
+            if conn.client.is_connected:
+                await conn.client.quit(min(self._command_timeout, _QUIT_TIMEOUT))
         finally:
             self._discard(conn)
 
@@ -363,7 +333,7 @@ class SessionPool:
         if conn.idle_timer is not None:
             conn.idle_timer.cancel()
             conn.idle_timer = None
-        conn.smtp.close()
+        conn.client.close()
         self._live.discard(conn)
         self._release_slot(conn.site)
 
@@ -398,96 +368,93 @@ class SessionPool:
         if isinstance(opened, AttemptResult):
             return opened
         assert opened is not None
-        smtp, tls = opened
-        conn = _Connection(smtp=smtp, site=site, mx_host=mx_host, ip=ip, tls=tls)
+        client, tls = opened
+        conn = _Connection(client=client, site=site, mx_host=mx_host, ip=ip, tls=tls)
         self._live.add(conn)
         self._new_connections += 1
         return conn
 
     async def _open(
         self, mx_host: str, ip: str, tls_required: bool, *, try_starttls: bool
-    ) -> tuple[aiosmtplib.SMTP, bool] | AttemptResult | None:
+    ) -> tuple[SmtpConnection, bool] | AttemptResult | None:
         """Connect, EHLO and maybe STARTTLS; None means the TLS handshake failed."""
         where = f"{mx_host}[{ip}]:{self._port}"
-        smtp = aiosmtplib.SMTP(
-            hostname=ip,
-            port=self._port,
-            local_hostname=self._local_hostname,
-            timeout=self._command_timeout,
-            use_tls=False,
-            start_tls=False,
-        )
         try:
-            try:
-                await smtp.connect(timeout=self._connect_timeout)
-            except SMTPConnectResponseError as exc:
-                return session_refused(exc.code, exc.message, mx_host)
-            except (SMTPException, OSError) as exc:
-                return connection_failure(f"{where}: {exc}", mx_host)
-            refused = await self._hello(smtp, mx_host, where)
+            client, greeting = await SmtpConnection.open(
+                ip,
+                self._port,
+                local_hostname=self._local_hostname,
+                connect_timeout=self._connect_timeout,
+                timeout=self._command_timeout,
+            )
+        except (SmtpClientError, OSError) as exc:
+            return connection_failure(f"{where}: {exc or type(exc).__name__}", mx_host)
+        try:
+            if greeting.code != 220:
+                client.close()
+                return session_refused(greeting.code, greeting.text, mx_host)
+            refused = await self._hello(client, mx_host, where)
             if refused is not None:
-                smtp.close()
+                client.close()
                 return refused
-            if not (try_starttls and smtp.supports_extension("starttls")):
+            if not (try_starttls and client.supports("STARTTLS")):
                 if tls_required:
-                    smtp.close()
+                    client.close()
                     # RFC 3463 X.7.4: security features not supported.
                     return connection_failure(
                         f"{where} does not offer STARTTLS and TLS is required",
                         mx_host,
                         enhanced_status="4.7.4",
                     )
-                return smtp, False
+                return client, False
             try:
-                await smtp.starttls(
+                reply = await client.starttls(
+                    self._tls_context(mx_host),
                     server_hostname=mx_host.rstrip(".") or None,
-                    tls_context=self._tls_context(mx_host),
                 )
-            except SMTPResponseException as exc:
-                # A refused STARTTLS (e.g. 454) leaves the session usable in clear.
-                if not tls_required:
-                    return smtp, False
-                smtp.close()
-                return connection_failure(
-                    f"{where} refused STARTTLS: {exc.code} {exc.message}",
-                    mx_host,
-                    enhanced_status="4.7.4",
-                )
-            except (SMTPException, OSError) as exc:
-                smtp.close()
+            except (SmtpClientError, OSError) as exc:
+                client.close()
                 if not tls_required:
                     return None
                 # RFC 3463 X.7.5: cryptographic failure.
                 return connection_failure(
-                    f"{where}: TLS handshake failed: {exc}",
+                    f"{where}: TLS handshake failed: {exc or type(exc).__name__}",
                     mx_host,
                     enhanced_status="4.7.5",
                 )
+            if reply.code != 220:
+                # A refused STARTTLS (e.g. 454) leaves the session usable in clear.
+                if not tls_required:
+                    return client, False
+                client.close()
+                return connection_failure(
+                    f"{where} refused STARTTLS: {reply.code} {reply.text}",
+                    mx_host,
+                    enhanced_status="4.7.4",
+                )
             # RFC 3207 4.2: forget what was said in clear and EHLO again.
-            refused = await self._hello(smtp, mx_host, where)
+            refused = await self._hello(client, mx_host, where)
             if refused is not None:
-                smtp.close()
+                client.close()
                 return refused
-            return smtp, True
+            return client, True
         except BaseException:
-            smtp.close()
+            client.close()
             raise
 
     async def _hello(
-        self, smtp: aiosmtplib.SMTP, mx_host: str, where: str
+        self, client: SmtpConnection, mx_host: str, where: str
     ) -> AttemptResult | None:
         """Send EHLO, falling back to HELO; return a failure if neither works."""
         try:
-            try:
-                await smtp.ehlo()
-            except SMTPHeloError:
-                if not smtp.is_connected:
-                    raise
-                await smtp.helo()
-        except SMTPResponseException as exc:
-            return session_refused(exc.code, exc.message, mx_host)
-        except (SMTPException, OSError) as exc:
+            reply = await client.ehlo()
+            if reply.code != 250 and reply.code != 421:
+                # RFC 5321 4.1.1.1: a server that does not know EHLO may know HELO.
+                reply = await client.helo()
+        except SmtpClientError as exc:
             return connection_failure(f"{where}: {exc}", mx_host)
+        if reply.code != 250:
+            return session_refused(reply.code, reply.text, mx_host)
         return None
 
     async def _transaction(
@@ -498,63 +465,65 @@ class SessionPool:
         data: bytes,
     ) -> list[AttemptResult]:
         """Run MAIL, one RCPT per recipient and DATA; classify every reply."""
-        smtp, mx_host = conn.smtp, conn.mx_host
+        client, mx_host = conn.client, conn.mx_host
         where = f"{mx_host}[{conn.ip}]:{self._port}"
         count = len(recipients)
         reused = conn.transactions > 0
         conn.transactions += 1
         self._transactions += 1
 
-        prepared = _mail_parameters(smtp, mail_from, recipients, data, mx_host)
-        if isinstance(prepared, AttemptResult):
-            return [prepared] * count
-        options, encoding = prepared
+        envelope = _envelope(client, mail_from, recipients, data, mx_host)
+        if isinstance(envelope, AttemptResult):
+            return [envelope] * count
+        # RFC 5321 4.1.1.5: RSET clears whatever the last transaction left on a
+        # kept connection; pipelined, it costs no round trip of its own.
+        group = [b"RSET"] if reused else []
+        group += [*envelope, b"DATA"]
 
-        try:
-            await _command(smtp, b"MAIL FROM:", mail_from, options, encoding)
-        except SMTPResponseException as exc:
-            if reused and exc.code == 421:
-                raise _StaleConnection from exc
-            return [classify_reply(exc.code, exc.message, mx_host)] * count
-        except (SMTPException, OSError) as exc:
-            if reused:
-                raise _StaleConnection from exc
-            lost = _lost(f"{where}: connection lost at MAIL FROM: {exc}", mx_host)
-            return [lost] * count
+        replies, lost = await self._exchange(client, group)
+        if reused:
+            if not replies or replies[0].code != 250:
+                # The server dropped the connection while it sat idle (or will
+                # not reset it): nothing was delivered, so take another one.
+                raise _StaleConnection from lost
+            replies = replies[1:]
+
+        mail_reply, rcpt_replies, data_reply = _split(replies, count)
+        if mail_reply is None:
+            lost_at = _lost(f"{where}: connection lost at MAIL FROM: {lost}", mx_host)
+            return [lost_at] * count
+        if mail_reply.code != 250:
+            await _end_empty(client, data_reply)
+            return [classify_reply(mail_reply.code, mail_reply.text, mx_host)] * count
 
         results: list[AttemptResult | None] = [None] * count
         accepted: list[int] = []
-        for index, recipient in enumerate(recipients):
-            try:
-                await _command(smtp, b"RCPT TO:", recipient, (), encoding)
-            except SMTPResponseException as exc:
-                results[index] = classify_reply(exc.code, exc.message, mx_host)
-                if smtp.is_connected:
-                    continue
-                # A 421 closes the session (RFC 5321 3.8): the rest wait too.
-                reason = results[index]
-                assert reason is not None
-                if reason.outcome is not AttemptOutcome.DEFERRED:
-                    reason = _lost(f"{where}: connection lost at RCPT TO", mx_host)
-                return _fill(results, accepted, reason)
-            except (SMTPException, OSError) as exc:
-                lost = _lost(f"{where}: connection lost at RCPT TO: {exc}", mx_host)
-                return _fill(results, accepted, lost)
-            else:
+        for index, reply in enumerate(rcpt_replies):
+            if reply.code in (250, 251):
                 accepted.append(index)
-
-        if not accepted:
-            try:
-                await smtp.rset()
-            except (SMTPException, OSError):
-                smtp.close()
+            else:
+                results[index] = classify_reply(reply.code, reply.text, mx_host)
+        answered = len(rcpt_replies) == count
+        if answered and not accepted:
+            await _end_empty(client, data_reply)
             return _done(results)
+        if not answered or data_reply is None:
+            # The session ended early: the server closed it with 421 (RFC 5321
+            # 3.8) or the connection broke. Whoever has no answer yet waits.
+            closing = next((r for r in rcpt_replies if r.code == 421), None)
+            if closing is not None:
+                reason = classify_reply(closing.code, closing.text, mx_host)
+            else:
+                stage = "DATA" if answered else "RCPT TO"
+                reason = _lost(f"{where}: connection lost at {stage}: {lost}", mx_host)
+            return _fill(results, accepted, reason)
 
+        if data_reply.code != 354:
+            refused = classify_reply(data_reply.code, data_reply.text, mx_host)
+            return _fill(results, accepted, refused)
         try:
-            reply = await smtp.data(data)
-        except SMTPResponseException as exc:
-            outcome = classify_reply(exc.code, exc.message, mx_host)
-        except (SMTPException, OSError) as exc:
+            reply = await client.content(data)
+        except SmtpClientError as exc:
             # The server may have taken the message before the connection broke;
             # retrying risks a duplicate, which at-least-once delivery accepts.
             outcome = _lost(
@@ -563,34 +532,73 @@ class SessionPool:
                 mx_host,
             )
         else:
-            outcome = classify_reply(reply.code, reply.message, mx_host)
-        for index in accepted:
-            results[index] = outcome
-        return _done(results)
+            outcome = classify_reply(reply.code, reply.text, mx_host)
+        return _fill(results, accepted, outcome)
+
+    async def _exchange(
+        self, client: SmtpConnection, group: list[bytes]
+    ) -> tuple[list[Reply], ConnectionLost | None]:
+        """Send a transaction's commands up to DATA; return the replies read.
+
+        With PIPELINING (RFC 2920) the group goes out in one write; otherwise one
+        command at a time. A lost connection ends the list early and is returned.
+        """
+        try:
+            if client.supports("PIPELINING"):
+                self._pipelined_transactions += 1
+                return await client.pipeline(group), None
+            return await _lockstep(client, group), None
+        except ConnectionLost as exc:
+            return exc.replies, exc
 
 
-async def _command(
-    smtp: aiosmtplib.SMTP,
-    verb: bytes,
-    address: str,
-    options: Iterable[str],
-    encoding: str,
-) -> None:
-    """Send MAIL or RCPT for an address Sesame already validated.
+async def _lockstep(client: SmtpConnection, group: list[bytes]) -> list[Reply]:
+    """Send a transaction's commands one at a time, to a server without PIPELINING.
 
-    aiosmtplib's ``mail()``/``rcpt()`` re-parse every address with the email
-    package, which costs more than the rest of the transaction; the address
-    was checked at accept, and ``execute_command`` still refuses CR, LF and
-    other control characters.
+    Stops where the rest could not succeed: after a refused RSET or MAIL, at a
+    421, and before DATA when no recipient was accepted.
     """
-    argument = verb + b"<" + address.encode(encoding) + b">"
-    extra = [option.encode("ascii") for option in options]
-    reply = await smtp.execute_command(argument, *extra)
-    if verb == b"MAIL FROM:":
-        if reply.code != 250:
-            raise SMTPSenderRefused(reply.code, reply.message, address)
-    elif reply.code not in (250, 251):
-        raise SMTPRecipientRefused(reply.code, reply.message, address)
+    replies: list[Reply] = []
+    accepted = False
+    try:
+        for line in group:
+            if line == b"DATA" and not accepted:
+                break
+            reply = await client.command(line)
+            replies.append(reply)
+            if reply.code == 421:
+                break
+            if line.startswith(b"RCPT"):
+                accepted = accepted or reply.code in (250, 251)
+            elif reply.code != 250:
+                break
+    except ConnectionLost as exc:
+        raise ConnectionLost(str(exc), [*replies, *exc.replies]) from None
+    return replies
+
+
+def _split(
+    replies: list[Reply], count: int
+) -> tuple[Reply | None, list[Reply], Reply | None]:
+    """Split the replies to MAIL, count RCPTs and DATA; missing ones are absent."""
+    mail = replies[0] if replies else None
+    rcpts = replies[1 : 1 + count]
+    data = replies[1 + count] if len(replies) > 1 + count else None
+    return mail, rcpts, data
+
+
+async def _end_empty(client: SmtpConnection, data_reply: Reply | None) -> None:
+    """End a DATA the server should have refused: send just the final dot.
+
+    In a pipelined group DATA goes out before the RCPT replies are known; a
+    server that answers 354 with no valid recipient gets an empty content
+    (RFC 2920 3.1), and the transaction ends there.
+    """
+    if data_reply is not None and data_reply.code == 354:
+        try:
+            await client.content(b"")
+        except SmtpClientError:
+            pass
 
 
 def _lost(reason: str, mx_host: str) -> AttemptResult:
@@ -615,35 +623,45 @@ def _fill(
     return [reason if result is None else result for result in results]
 
 
-def _mail_parameters(
-    smtp: aiosmtplib.SMTP,
+def _envelope(
+    client: SmtpConnection,
     mail_from: str,
     recipients: list[str],
     data: bytes,
     mx_host: str,
-) -> tuple[list[str], str] | AttemptResult:
-    """Return MAIL FROM parameters and address encoding for this server."""
-    options: list[str] = []
-    if smtp.supports_extension("size"):
+) -> list[bytes] | AttemptResult:
+    """Return the MAIL and RCPT command lines for this server.
+
+    Addresses were checked at accept; the client still refuses any control
+    character in a command line.
+    """
+    options: list[bytes] = []
+    if client.supports("SIZE"):
         # RFC 1870: lets the server refuse an oversized message before DATA.
-        options.append(f"SIZE={len(data)}")
-    if smtp.supports_extension("8bitmime") and not data.isascii():
+        options.append(b"SIZE=%d" % len(data))
+    if client.supports("8BITMIME") and not data.isascii():
         # RFC 6152. Without 8BITMIME we still send: downgrading MIME is not our job
         # here and nearly every server takes 8-bit data anyway.
-        options.append("BODY=8BITMIME")
-    if all(address.isascii() for address in (mail_from, *recipients)):
-        return options, "ascii"
-    if smtp.supports_extension("smtputf8"):
+        options.append(b"BODY=8BITMIME")
+    encoding = "ascii"
+    if not all(address.isascii() for address in (mail_from, *recipients)):
+        if not client.supports("SMTPUTF8"):
+            # RFC 6531 3.2: no SMTPUTF8, no UTF-8 addresses; X.6.7 says so.
+            return AttemptResult(
+                outcome=AttemptOutcome.FAILED,
+                smtp_code=None,
+                enhanced_status="5.6.7",
+                response=(
+                    f"{mx_host} does not support SMTPUTF8, "
+                    "needed for a non-ASCII address"
+                ),
+                mx_host=mx_host,
+                bounce_type="Permanent",
+                bounce_subtype="General",
+            )
         # RFC 6531 3.4: SMTPUTF8 on MAIL allows UTF-8 addresses.
-        options.append("SMTPUTF8")
-        return options, "utf-8"
-    # RFC 6531 3.2: no SMTPUTF8, no UTF-8 addresses; X.6.7 is its status for that.
-    return AttemptResult(
-        outcome=AttemptOutcome.FAILED,
-        smtp_code=None,
-        enhanced_status="5.6.7",
-        response=f"{mx_host} does not support SMTPUTF8, needed for a non-ASCII address",
-        mx_host=mx_host,
-        bounce_type="Permanent",
-        bounce_subtype="General",
-    )
+        options.append(b"SMTPUTF8")
+        encoding = "utf-8"
+    mail = b" ".join([b"MAIL FROM:<" + mail_from.encode(encoding) + b">", *options])
+    rcpts = [b"RCPT TO:<" + rcpt.encode(encoding) + b">" for rcpt in recipients]
+    return [mail, *rcpts]

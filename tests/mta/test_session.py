@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +27,49 @@ MESSAGE = (
 )
 
 PoolFactory = Callable[..., SessionPool]
+COMMANDS = (b"EHLO", b"HELO", b"STARTTLS", b"RSET", b"MAIL", b"RCPT", b"DATA", b"QUIT")
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "lockstep"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Every test here runs against sinks with and without PIPELINING."""
+    return bool(request.param)
+
+
+@pytest.fixture
+def smtp_sink(
+    delivery_port: int, tls_ca: trustme.CA, pipelining: bool
+) -> Iterator[SmtpSink]:
+    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca, pipelining=pipelining) as sink:
+        yield sink
+
+
+@pytest.fixture
+def smtp_sinks(
+    delivery_port: int, tls_ca: trustme.CA, pipelining: bool
+) -> Iterator[Callable[..., SmtpSink]]:
+    started: list[SmtpSink] = []
+
+    def start(host: str, **knobs: Any) -> SmtpSink:
+        knobs.setdefault("pipelining", pipelining)
+        sink = SmtpSink(host, delivery_port, ca=tls_ca, **knobs)
+        sink.start()
+        started.append(sink)
+        return sink
+
+    yield start
+    for sink in reversed(started):
+        sink.stop()
+
+
+def command_groups(sink: SmtpSink) -> list[list[bytes]]:
+    """The commands of each read the sink made, by verb; content reads left out."""
+    groups = []
+    for chunk in sink.chunks:
+        verbs = [line[:4].upper() for line in chunk.split(b"\r\n") if line]
+        if verbs and all(verb in COMMANDS for verb in verbs):
+            groups.append(verbs)
+    return groups
 
 
 def limits(**changes: Any) -> Callable[[str], SiteLimits]:
@@ -119,7 +162,7 @@ async def test_one_of_two_recipients_unknown(
 
 
 async def test_rcpt_451_deferred_and_no_data(
-    pool: SessionPool, smtp_sink: SmtpSink
+    pool: SessionPool, smtp_sink: SmtpSink, pipelining: bool
 ) -> None:
     smtp_sink.rcpt_replies["rcpt@example.test"] = "451 4.7.1 Try later"
     [result] = await send(pool, ["rcpt@example.test"])
@@ -127,7 +170,16 @@ async def test_rcpt_451_deferred_and_no_data(
     assert result.smtp_code == 451
     assert result.enhanced_status == "4.7.1"
     assert smtp_sink.messages == []
-    assert smtp_sink.rsets == 1  # the transaction was aborted, not sent
+    # Pipelined, DATA went out with RCPT and the sink refused it (no valid
+    # recipient); in lockstep it is never sent.
+    sent_data = any(b"DATA" in group for group in command_groups(smtp_sink))
+    assert sent_data is pipelining
+    # The next transaction on the same connection starts clean with RSET.
+    del smtp_sink.rcpt_replies["rcpt@example.test"]
+    [result] = await send(pool, ["rcpt@example.test"])
+    assert result.outcome is AttemptOutcome.DELIVERED
+    assert smtp_sink.rsets == 1
+    assert smtp_sink.connections == 1
 
 
 @pytest.mark.parametrize(
@@ -299,7 +351,7 @@ async def test_failed_handshake_falls_back_to_clear_unless_required(
 
 
 async def test_sequential_sends_reuse_one_connection(
-    pool: SessionPool, smtp_sink: SmtpSink
+    pool: SessionPool, smtp_sink: SmtpSink, pipelining: bool
 ) -> None:
     for n in range(20):
         [result] = await send(pool, [f"rcpt{n}@example.test"])
@@ -308,10 +360,38 @@ async def test_sequential_sends_reuse_one_connection(
     assert stats["new_connections"] == 1
     assert stats["reused_transactions"] == 19
     assert stats["transactions"] == 20
+    assert stats["pipelined_transactions"] == (20 if pipelining else 0)
     assert stats["open_connections"] == stats["idle_connections"] == 1
     assert smtp_sink.connections == 1
-    assert smtp_sink.rsets == 0  # a session just used needs no RSET (RFC 5321 3.3)
+    assert smtp_sink.rsets == 19  # RSET between transactions
     assert len(smtp_sink.wait_for(20)) == 20
+    transactions = [g for g in command_groups(smtp_sink) if g not in ([b"EHLO"],)]
+    if pipelining:
+        # RFC 2920: one write per transaction up to DATA, RSET leading it.
+        first, *rest = transactions
+        assert first == [b"MAIL", b"RCPT", b"DATA"]
+        assert rest == [[b"RSET", b"MAIL", b"RCPT", b"DATA"]] * 19
+    else:
+        # Without PIPELINING every command waits for the reply to the last.
+        assert all(len(group) == 1 for group in transactions)
+        assert len(transactions) == 3 + 19 * 4
+
+
+async def test_multi_recipient_transaction_is_one_group(
+    pool: SessionPool, smtp_sink: SmtpSink, pipelining: bool
+) -> None:
+    smtp_sink.rcpt_replies["b@example.test"] = "550 5.1.1 No such user"
+    results = await send(pool, ["a@example.test", "b@example.test", "c@example.test"])
+    assert [r.outcome for r in results] == [
+        AttemptOutcome.DELIVERED,
+        AttemptOutcome.FAILED,
+        AttemptOutcome.DELIVERED,
+    ]
+    [message] = smtp_sink.wait_for(1)
+    assert message.rcpt_tos == ["a@example.test", "c@example.test"]
+    if pipelining:
+        expected = [b"MAIL", b"RCPT", b"RCPT", b"RCPT", b"DATA"]
+        assert expected in command_groups(smtp_sink)
 
 
 async def test_max_messages_per_connection(
@@ -373,16 +453,33 @@ async def test_idle_connections_close_after_idle_timeout(
 
 
 async def test_dead_idle_connection_is_replaced(
-    pool: SessionPool, delivery_port: int, tls_ca: trustme.CA
+    pool: SessionPool, delivery_port: int, tls_ca: trustme.CA, pipelining: bool
 ) -> None:
-    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca):
+    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca, pipelining=pipelining):
         await send(pool, ["rcpt@example.test"])
     # The server went away under our idle connection; RSET fails, so reconnect.
-    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca) as restarted:
+    with SmtpSink(
+        "127.0.0.2", delivery_port, ca=tls_ca, pipelining=pipelining
+    ) as restarted:
         [result] = await send(pool, ["rcpt@example.test"])
         assert result.outcome is AttemptOutcome.DELIVERED
         assert restarted.connections == 1
         assert pool.stats()["new_connections"] == 2
+
+
+async def test_connection_refusing_rset_is_replaced(
+    pool: SessionPool, smtp_sink: SmtpSink
+) -> None:
+    [first] = await send(pool, ["a@example.test"])
+    # A server going down answers 421 to the RSET that opens the next
+    # transaction: nothing is delivered on that connection, a new one is used.
+    smtp_sink.rset_reply = "421 4.3.2 Shutting down"
+    [second] = await send(pool, ["b@example.test"])
+    assert first.outcome is second.outcome is AttemptOutcome.DELIVERED
+    assert pool.stats()["new_connections"] == 2
+    await smtp_sink.wait_until_async(lambda: smtp_sink.active_connections == 1)
+    messages = smtp_sink.wait_for(2)
+    assert [m.rcpt_tos for m in messages] == [["a@example.test"], ["b@example.test"]]
 
 
 async def test_close_quits_idle_connections(

@@ -78,6 +78,12 @@ class _SinkSMTP(SMTP):
         self._counted = counted
         self._gone = False
 
+    def data_received(self, data: bytes) -> None:
+        """Record each read, so tests can see which commands came together."""
+        if self._counted:
+            self._sink._chunk_received(data)
+        super().data_received(data)
+
     def connection_lost(self, error: Exception | None) -> None:
         """Count the connection as closed once, even after STARTTLS."""
         if not self._gone:
@@ -132,9 +138,11 @@ class SmtpSink:
         rcpt_replies: dict[str, str] | None = None,
         mail_reply: str | None = None,
         data_reply: str | None = None,
+        rset_reply: str | None = None,
         disconnect_in_data: bool = False,
         starttls: bool = False,
         require_tls: bool = False,
+        pipelining: bool = True,
         greeting_delay: float = 0.0,
         fail_next_connections: int = 0,
         ca: trustme.CA | None = None,
@@ -146,9 +154,11 @@ class SmtpSink:
         self.rcpt_replies: dict[str, str] = dict(rcpt_replies or {})
         self.mail_reply = mail_reply
         self.data_reply = data_reply
+        self.rset_reply = rset_reply
         self.disconnect_in_data = disconnect_in_data
         self.starttls = starttls
         self.require_tls = require_tls
+        self.pipelining = pipelining
         self.greeting_delay = greeting_delay
         self.fail_next_connections = fail_next_connections
         self.ca = ca or default_ca()
@@ -162,6 +172,8 @@ class SmtpSink:
         self.active_connections = 0
         self.max_active_connections = 0
         self.rsets = 0
+        # Every read of every connection, in order: bytes as they arrived.
+        self.chunks: list[bytes] = []
         self._changed = threading.Condition()
         self._armed = False
         self._controller = _Controller(self)
@@ -241,12 +253,31 @@ class SmtpSink:
             self._changed.notify_all()
             return True, refuse
 
+    def _chunk_received(self, data: bytes) -> None:
+        with self._changed:
+            self.chunks.append(bytes(data))
+
     def _connection_closed(self) -> None:
         with self._changed:
             self.active_connections -= 1
             self._changed.notify_all()
 
     # aiosmtpd handler hooks.
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads commands line by line, so it takes pipelined
+            # groups (RFC 2920) as they come; it just does not say so.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self,
@@ -304,7 +335,7 @@ class SmtpSink:
     ) -> str:
         with self._changed:
             self.rsets += 1
-        return "250 2.0.0 OK"
+        return self.rset_reply or "250 2.0.0 OK"
 
 
 @pytest.fixture(scope="session")
