@@ -67,6 +67,30 @@ def process(
             proc.wait()
 
 
+def cpu_seconds(roles: dict[str, str]) -> dict[str, float]:
+    """CPU seconds used so far by the live processes whose command line holds each
+    role's pattern (first match wins), read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(roles, 0.0)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # utime and stime are fields 14 and 15; the name in parentheses may
+        # hold spaces, so count from its closing parenthesis.
+        fields = stat.rpartition(")")[2].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        for role, pattern in roles.items():
+            if pattern in command:
+                totals[role] += used
+                break
+    return totals
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -35,6 +35,7 @@ from botocore.credentials import Credentials  # noqa: E402
 from loadtest import sink  # noqa: E402
 from loadtest.common import (  # noqa: E402
     REDIS_URL,
+    cpu_seconds,
     free_port,
     fresh_database,
     process,
@@ -43,6 +44,15 @@ from loadtest.common import (  # noqa: E402
 )
 
 DOMAIN = "bench.example.com"
+# Where the CPU of the backlog phase goes, by command line.
+ROLES = {
+    "worker": "sesame.cli worker",
+    "scheduler": "sesame.cli scheduler",
+    "postgres": "postgres: ",
+    "redis": "redis-server",
+    "sink": "smtp-sink",
+    "api": "multiprocessing",
+}
 TEXT = ("Sesame delivery benchmark. " * 3 + "\n") * 30  # ~2.5 KB; HTML doubles it
 
 
@@ -168,14 +178,23 @@ def main() -> int:
                 )
             )
             stored = _stored(database_url)
+            before = cpu_seconds({"sink": "smtp-sink"})["sink"] + _own_cpu()
             base = asyncio.run(baseline(sink_port, stored, 50))
+            base_cpu = cpu_seconds({"sink": "smtp-sink"})["sink"] + _own_cpu() - before
 
             workers = [process([*cli, "worker"], env=env) for _ in range(args.workers)]
             with process([*cli, "scheduler"], env=env):
                 for w in workers:
                     w.__enter__()
                 try:
+                    # Count CPU from the first delivery, once start-up is over.
+                    _wait_delivered(database_url, 1, timeout=60)
+                    cpu_start = cpu_seconds(ROLES)
                     delivered = _wait_delivered(database_url, accepted, timeout=600)
+                    cpu_used = {
+                        role: used - cpu_start[role]
+                        for role, used in cpu_seconds(ROLES).items()
+                    }
                     elapsed = _backlog_seconds(database_url)
                     steady_ok = asyncio.run(
                         submit(
@@ -200,11 +219,24 @@ def main() -> int:
         f"sesame backlog delivery            {rate:8.0f} msg/s  ({args.workers} workers, DKIM RSA-2048)"
     )
     print(f"ratio sesame/aiosmtplib: {rate / base:.2f}  (goal >= 0.50)")
+    per_message = {role: used * 1000 / delivered for role, used in cpu_used.items()}
+    print(
+        f"CPU per message: baseline {base_cpu * 1000 / len(stored):.2f} ms"
+        f" (client + sink); sesame {sum(per_message.values()):.2f} ms ("
+        + ", ".join(f"{role} {ms:.2f}" for role, ms in per_message.items())
+        + ")"
+    )
     print(
         f"accept-to-delivered at {args.steady_rate:.0f} msg/s: p50 {p50:.0f} ms  p99 {p99:.0f} ms"
         f"  ({steady_ok} messages, {failed} not delivered)"
     )
     return 0
+
+
+def _own_cpu() -> float:
+    """CPU seconds this process has used (the baseline client runs in it)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _account(database_url: str, data_dir: Path) -> tuple[str, str]:

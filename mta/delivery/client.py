@@ -29,9 +29,6 @@ __all__ = [
 _MAX_LINE = 4096
 _MAX_REPLY = 65536
 
-# RFC 5321 4.1.1.4: a line of the content that starts with a period gets
-# another one in front of it.
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
 # Control characters never belong in a command line (CR and LF would let an
 # argument smuggle in a command of its own).
@@ -128,15 +125,19 @@ class _ReplyReader(asyncio.Protocol):
 
     async def next_reply(self, timeout: float) -> Reply:
         """Return the next reply, waiting for it at most timeout seconds."""
-        while not self.replies:
-            if self.lost is not None:
-                raise self.lost
-            self._waiter = asyncio.get_running_loop().create_future()
+        if not self.replies:
+            loop = asyncio.get_running_loop()
+            # A timer on the waiter itself: asyncio.wait_for would wrap every
+            # read in a task of its own.
+            timer = loop.call_later(timeout, self._time_out, timeout)
             try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                raise ConnectionLost(f"no reply within {timeout:g} s") from None
+                while not self.replies:
+                    if self.lost is not None:
+                        raise self.lost
+                    self._waiter = loop.create_future()
+                    await self._waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return self.replies.popleft()
 
@@ -173,6 +174,10 @@ class _ReplyReader(asyncio.Protocol):
                 self._lines.clear()
                 self._size = 0
         del buffer[:start]
+
+    def _time_out(self, timeout: float) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionLost(f"no reply within {timeout:g} s"))
 
     def _fail(self, exc: SmtpClientError) -> None:
         if self.lost is None:
@@ -323,7 +328,11 @@ class SmtpConnection:
             data = _BARE_LINE_END.sub(b"\r\n", data)
         if data and not data.endswith(b"\r\n"):
             data += b"\r\n"
-        self._write(_LEADING_DOT.sub(b"..", data) + b".\r\n")
+        # RFC 5321 4.5.2: a period that starts a line gets another one.
+        stuffed = data.replace(b"\n.", b"\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        self._write(stuffed + b".\r\n")
         try:
             await self._reader.drain()
             return await self._reader.next_reply(self._timeout)

@@ -157,11 +157,9 @@ class Deliverer:
         return header + row.raw
 
     async def _addresses(self, host: str) -> list[str]:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return await self.resolver.addresses(host)
-        return [host]
+        if _is_ip_address(host):
+            return [host]
+        return await self.resolver.addresses(host)
 
     async def _signing_keys(self, account_id: str, domain: str) -> list[dkim.DkimKey]:
         async def load() -> list[dkim.DkimKey]:
@@ -448,11 +446,21 @@ async def _load_keys(
         if name != best:
             continue
         pem = runtime.box.open(bytes(sealed), selector.encode())
-        key = dkim.load_key(name, selector, pem)
+        key = dkim.load_key(name, selector, pem, stored=True)
         # One signature per algorithm: the other Easy DKIM selectors are there
         # for rotation, not to sign every message three times.
         keys.setdefault(key.algorithm, key)
     return list(keys.values())
+
+
+@functools.lru_cache(maxsize=64)
+def _is_ip_address(host: str) -> bool:
+    """Tell whether host is an IP address literal rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _smarthost(value: str | None) -> tuple[str, int] | None:

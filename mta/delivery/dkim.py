@@ -123,9 +123,18 @@ def _a_label(domain: str) -> str:
     return domain.lower()
 
 
-def load_key(domain: str, selector: str, private_key_pem: bytes) -> DkimKey:
-    """Load a PEM private key and pick the algorithm from its type."""
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
+def load_key(
+    domain: str, selector: str, private_key_pem: bytes, *, stored: bool = False
+) -> DkimKey:
+    """Load a PEM private key and pick the algorithm from its type.
+
+    stored means the key comes from Sesame's own sealed store, where it was
+    checked on the way in; OpenSSL's RSA consistency check (tens of
+    milliseconds) is then skipped.
+    """
+    key = serialization.load_pem_private_key(
+        private_key_pem, password=None, unsafe_skip_rsa_key_validation=stored
+    )
     if isinstance(key, rsa.RSAPrivateKey):
         algorithm = RSA_SHA256
     elif isinstance(key, ed25519.Ed25519PrivateKey):
