@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         " (connections, messages per connection, messages/s, idle seconds)",
     )
     dispatch_batch_size: int = Field(
-        100, description="recipients per delivery job (recipients)"
+        300, description="recipients per delivery job (recipients)"
     )
     lease_seconds: int = Field(
         600, description="how long a claimed recipient stays claimed (seconds)"

@@ -32,6 +32,10 @@ from sesame.runtime import Runtime
 log = logging.getLogger(__name__)
 
 DKIM_KEY_CACHE_SECONDS = 60.0
+# Outcomes are written in groups of this many as attempts finish, so a worker
+# killed mid-batch leaves at most about this many deliveries unrecorded (each
+# may be delivered again), however large the batch.
+RECORD_EVERY = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +107,29 @@ class Deliverer:
                 signed[row.message_id] = asyncio.ensure_future(self._sign(row))
 
         started = datetime.now(UTC)
-        results = await asyncio.gather(
-            *(self._attempt(row, signed.get(row.message_id)) for row in rows)
-        )
+        finished: list[tuple[Claimed, AttemptResult]] = []
+        writes: list[asyncio.Task[None]] = []
 
-        await self._record(rows, results, lease_token, started)
+        def write_finished() -> None:
+            done, results = zip(*finished, strict=True)
+            finished.clear()
+            record = self._record(list(done), list(results), lease_token, started)
+            writes.append(asyncio.ensure_future(record))
+
+        async def attempt(row: Claimed) -> None:
+            finished.append((row, await self._attempt(row, signed.get(row.message_id))))
+            if len(finished) >= RECORD_EVERY:
+                write_finished()
+
+        await asyncio.gather(*(attempt(row) for row in rows))
+        if finished:
+            write_finished()
+
+        # The job ends only once every outcome is written (or raises if one
+        # write failed: those rows keep their lease and are retried).
+        for failure in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(failure, BaseException):
+                raise failure
         return len(rows)
 
     async def _claimed(self, ids: list[int], lease_token: str) -> list[Claimed]:

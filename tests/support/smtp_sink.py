@@ -155,6 +155,9 @@ class SmtpSink:
         self.mail_reply = mail_reply
         self.data_reply = data_reply
         self.rset_reply = rset_reply
+        # DATA for these recipients is answered only once `release` is set.
+        self.hold_data_for: set[str] = set()
+        self.release = threading.Event()
         self.disconnect_in_data = disconnect_in_data
         self.starttls = starttls
         self.require_tls = require_tls
@@ -316,6 +319,10 @@ class SmtpSink:
             assert server.transport is not None
             server.transport.close()
             await asyncio.get_running_loop().create_future()
+        while self.hold_data_for.intersection(envelope.rcpt_tos):
+            if self.release.is_set():
+                break
+            await asyncio.sleep(0.01)
         if self.data_reply is not None:
             return self.data_reply
         received = Received(

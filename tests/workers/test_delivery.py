@@ -397,3 +397,49 @@ async def test_rsa_and_ed25519_signatures_both_verify(
         if b" a=" in line or line.startswith(b"DKIM-Signature: v=1; a=")
     }
     assert algorithms == {b"rsa-sha256", b"ed25519-sha256"}
+
+
+async def test_outcomes_are_written_while_a_large_batch_still_runs(
+    sender, smtp_sink, pipeline_factory
+):
+    """A killed worker can only leave a bounded number of deliveries unrecorded."""
+    from mta.delivery.deliverer import RECORD_EVERY
+
+    server, account, ses = sender
+    with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "update accounts set max_send_rate = 1000 where id = %s", (account.id,)
+        )
+    count = RECORD_EVERY + 50
+    mids = [
+        ses.send_email(
+            Source="sender@example.com",
+            **{**SEND, "Destination": {"ToAddresses": [f"user{n}@dest.test"]}},
+        )["MessageId"]
+        for n in range(count)
+    ]
+    smtp_sink.hold_data_for.add(f"user{count - 1}@dest.test")
+    settings = server.settings.model_copy(update={"dispatch_batch_size": count})
+    pipeline = await pipeline_factory(settings)
+    await pipeline.scheduler.check_epoch()
+    await pipeline.scheduler.dispatch()
+    job = asyncio.ensure_future(pipeline.run_jobs())
+
+    def delivered() -> int:
+        [(n,)] = rows(
+            settings,
+            "select count(*) from recipients"
+            " where message_id = any(%s) and state = 'delivered'",
+            mids,
+        )
+        return int(n)
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while delivered() < RECORD_EVERY:
+        assert asyncio.get_running_loop().time() < deadline, delivered()
+        assert not job.done()  # one message is held: the batch cannot finish
+        await asyncio.sleep(0.05)
+    assert not job.done()
+    smtp_sink.release.set()
+    assert await job == count
+    assert delivered() == count
