@@ -37,6 +37,7 @@ import redis  # noqa: E402
 from botocore.auth import SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
+from rq import Worker  # noqa: E402
 
 from loadtest import sink  # noqa: E402
 from loadtest.common import (  # noqa: E402
@@ -251,6 +252,7 @@ def main() -> int:
 
             after = _last_recipient_id(database_url)
             with delivery():
+                _wait_for_workers(args.workers)
                 steady_ok = asyncio.run(
                     submit(
                         api_port,
@@ -335,6 +337,16 @@ def _account(database_url: str, data_dir: Path) -> tuple[str, str]:
         return creds.access_key_id, creds.secret_access_key
 
     return asyncio.run(go())
+
+
+def _wait_for_workers(count: int, timeout: float = 30.0) -> None:
+    """Wait until count RQ workers have registered, so start-up is not timed."""
+    connection = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + timeout
+    while Worker.count(connection=connection) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError("delivery workers did not start")
+        time.sleep(0.05)
 
 
 def _last_recipient_id(database_url: str) -> int:

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,9 +103,14 @@ class Deliverer:
             return 0
 
         signed: dict[str, asyncio.Task[bytes]] = {}
-        for row in rows:
-            if row.message_id not in signed and not row.suppressed:
-                signed[row.message_id] = asyncio.ensure_future(self._sign(row))
+
+        def signed_once(row: Claimed) -> asyncio.Task[bytes]:
+            # Signed when its first recipient's turn comes, not all up front: a
+            # batch's signing then interleaves with its SMTP waits.
+            task = signed.get(row.message_id)
+            if task is None:
+                task = signed[row.message_id] = asyncio.ensure_future(self._sign(row))
+            return task
 
         started = datetime.now(UTC)
         finished: list[tuple[Claimed, AttemptResult]] = []
@@ -117,7 +123,7 @@ class Deliverer:
             writes.append(asyncio.ensure_future(record))
 
         async def attempt(row: Claimed) -> None:
-            finished.append((row, await self._attempt(row, signed.get(row.message_id))))
+            finished.append((row, await self._attempt(row, signed_once)))
             if len(finished) >= RECORD_EVERY:
                 write_finished()
 
@@ -191,9 +197,9 @@ class Deliverer:
         return await self._keys.get((account_id, domain), load)
 
     async def _attempt(
-        self, row: Claimed, signed: asyncio.Task[bytes] | None
+        self, row: Claimed, signed: Callable[[Claimed], Awaitable[bytes]]
     ) -> AttemptResult:
-        if row.suppressed or signed is None:
+        if row.suppressed:
             return SUPPRESSED
         async with self.slots:
             if self._smarthost:
@@ -206,7 +212,7 @@ class Deliverer:
                         route.permanent, route.enhanced_status, route.reason
                     )
                 hosts = [(mx.name, ip) for mx in route.hosts for ip in mx.addresses]
-            data = await signed
+            data = await signed(row)
             mail_from = verp.return_path(
                 row.id, self.settings.return_path_domain, self.verp_key
             )
