@@ -142,7 +142,7 @@ class _ReplyReader(asyncio.Protocol):
         return self.replies.popleft()
 
     def discard_buffered(self) -> None:
-        """Forget bytes already received (RFC 3207 5: nothing may precede TLS)."""
+        """Forget bytes already received: none may be taken as said inside TLS."""
         self._buffer.clear()
         self._lines.clear()
         self._size = 0
@@ -272,8 +272,9 @@ class SmtpConnection:
         reply = await self.command(b"STARTTLS")
         if reply.code != 220:
             return reply
-        # RFC 3207 5: anything sent after the 220 and before the handshake
-        # could have been injected by a man in the middle; drop it.
+        # RFC 3207 4.2 starts the session afresh after the handshake; bytes
+        # that came after the 220 and before it could have been injected by a
+        # man in the middle, so drop them.
         self._reader.discard_buffered()
         loop = asyncio.get_running_loop()
         try:
