@@ -83,8 +83,9 @@ class Deliverer:
             connect_timeout=settings.smtp_connect_timeout_seconds,
             command_timeout=settings.smtp_command_timeout_seconds,
             limits=functools.partial(
-                shaping.limits_for,
-                overrides=shaping.parse_overrides(settings.site_limits),
+                _process_limits,
+                shaping.parse_overrides(settings.site_limits),
+                settings.workers,
             ),
         )
         self.verp_key = verp.verp_key(runtime.key)
@@ -479,6 +480,13 @@ async def _load_keys(
         # for rotation, not to sign every message three times.
         keys.setdefault(key.algorithm, key)
     return list(keys.values())
+
+
+def _process_limits(
+    overrides: dict[str, shaping.SiteLimits], workers: int, name: str
+) -> shaping.SiteLimits:
+    """This process's share of a site's limits: SESAME_WORKERS processes send."""
+    return shaping.limits_for(name, overrides).share(workers)
 
 
 @functools.lru_cache(maxsize=64)

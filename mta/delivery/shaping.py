@@ -30,13 +30,31 @@ class SiteLimits:
     max_message_rate: float | None  # messages per second to the site; None = no cap
     idle_timeout: float  # seconds an unused connection is kept open
 
+    def share(self, processes: int) -> SiteLimits:
+        """Return one process's part when processes send to the site side by side.
+
+        Connections and rate are split evenly (never below one connection), so
+        together the processes stay within the site's limits without talking to
+        each other; a process does not borrow an idle one's part.
+        """
+        if processes <= 1:
+            return self
+        rate = self.max_message_rate
+        return dataclasses.replace(
+            self,
+            max_connections=max(1, self.max_connections // processes),
+            max_message_rate=None if rate is None else rate / processes,
+        )
+
 
 # Close idle connections well before the 5-minute server timeout of
 # RFC 5321 4.5.3.2.7, so we rarely find a connection the server has dropped.
 _IDLE_SECONDS = 30.0
 
+# Twenty connections per destination is also Postfix's default
+# (default_destination_concurrency_limit).
 DEFAULT_LIMITS = SiteLimits(
-    max_connections=10,
+    max_connections=20,
     max_messages_per_connection=100,
     max_message_rate=None,
     idle_timeout=_IDLE_SECONDS,

@@ -546,6 +546,16 @@ def test_limits_for_overrides_longest_suffix_wins() -> None:
     assert limits_for("gmail.com", overrides).max_connections == 20
 
 
+def test_limits_shared_by_processes() -> None:
+    google = limits_for("gmail.com")
+    assert google.share(1) is google
+    assert google.share(2) == SiteLimits(10, 100, None, google.idle_timeout)
+    paced = SiteLimits(10, 50, 3.0, 30.0)
+    assert paced.share(4) == SiteLimits(2, 50, 0.75, 30.0)
+    # Never below one connection, even with more processes than connections.
+    assert SiteLimits(1, 20, None, 30.0).share(8).max_connections == 1
+
+
 def test_site_key() -> None:
     assert site_key(["gmail-smtp-in.l.google.com", "alt1.aspmx.l.google.com"]) == (
         "google"

@@ -336,6 +336,30 @@ def test_site_limits_override_by_suffix():
         shaping.parse_overrides('{"example.com": {"max_conections": 3}}')
 
 
+async def test_site_limits_are_shared_by_the_worker_processes(
+    sender, smtp_sink, pipeline_factory
+):
+    server, account, ses = sender
+    with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "update accounts set max_send_rate = 100 where id = %s", (account.id,)
+        )
+    for n in range(12):
+        ses.send_email(
+            Source="sender@example.com",
+            **{**SEND, "Destination": {"ToAddresses": [f"user{n}@dest.test"]}},
+        )
+    # Two worker processes share a site allowed 2 connections: one each.
+    settings = server.settings.model_copy(
+        update={"workers": 2, "site_limits": '{"dest.test": {"max_connections": 2}}'}
+    )
+    smtp_sink.greeting_delay = 0.05  # every send wants a connection at once
+    pipeline = await pipeline_factory(settings)
+    await pipeline.drain()
+    assert len(smtp_sink.wait_for(12)) == 12
+    assert smtp_sink.max_active_connections == 1
+
+
 async def test_rsa_and_ed25519_signatures_both_verify(
     sender, smtp_sink, dns_server, pipeline_factory
 ):
