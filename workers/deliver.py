@@ -38,7 +38,13 @@ def deliver_batch(recipient_ids: list[int], lease_token: str) -> int:
     future: Future[int] = asyncio.run_coroutine_threadsafe(
         deliverer.deliver(recipient_ids, lease_token), loop
     )
-    attempted = future.result()
+    try:
+        attempted = future.result()
+    except BaseException:
+        # RQ's job timeout interrupts this wait: stop the batch as well, so it
+        # does not go on sending after RQ has given up on it.
+        future.cancel()
+        raise
     if _wake is not None:
         # A slot in the queue is free: let the scheduler dispatch the next batch
         # now rather than at its next periodic look.

@@ -36,6 +36,8 @@ EPOCH_KEY = "sesame:epoch"
 ROLLUP_SECONDS = 60.0
 # Jobs waiting in Redis per worker process; more only ages leases for nothing.
 PENDING_JOBS_PER_WORKER = 4
+# A delivery job may run this many leases before RQ stops it.
+JOB_TIMEOUT_LEASES = 6
 
 
 class Scheduler:
@@ -160,7 +162,9 @@ class Scheduler:
             Queue.prepare_data(
                 "workers.deliver.deliver_batch",
                 args=(ids[i : i + batch], str(token)),
-                timeout=self.settings.lease_seconds,
+                # Workers extend the lease while a batch runs; RQ's timeout only
+                # stops a batch that hangs.
+                timeout=self.settings.lease_seconds * JOB_TIMEOUT_LEASES,
                 result_ttl=0,
                 failure_ttl=3600,
             )

@@ -103,6 +103,45 @@ class Deliverer:
         if not rows:
             return 0
 
+        keeper = asyncio.ensure_future(
+            self._keep_lease([row.id for row in rows], lease_token)
+        )
+        try:
+            await self._attempt_all(rows, lease_token)
+        finally:
+            keeper.cancel()
+        return len(rows)
+
+    async def _keep_lease(self, ids: list[int], lease_token: str) -> None:
+        """Extend the batch's lease while it runs, until cancelled.
+
+        A batch slowed by a paced or sluggish destination may outlive one lease;
+        without this the sweeper would hand its rows to another worker while it
+        still sends them. A killed worker stops extending, and its rows come
+        back when the lease ends.
+        """
+        lease = self.settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                async with self.runtime.pool.connection() as conn:
+                    await conn.execute(
+                        "update recipients"
+                        " set lease_until = now() + make_interval(secs => %s)"
+                        " where id = any(%s) and lease_token = %s"
+                        " and state = 'sending'",
+                        (lease, ids, lease_token),
+                    )
+            except Exception as exc:  # the next round may succeed; never stop
+                event(
+                    log,
+                    "lease extension failed",
+                    logging.WARNING,
+                    error=type(exc).__name__,
+                )
+
+    async def _attempt_all(self, rows: list[Claimed], lease_token: str) -> None:
+        """Attempt every row; write outcomes as they come, all before returning."""
         signed: dict[str, asyncio.Task[bytes]] = {}
 
         def signed_once(row: Claimed) -> asyncio.Task[bytes]:
@@ -137,7 +176,6 @@ class Deliverer:
         for failure in await asyncio.gather(*writes, return_exceptions=True):
             if isinstance(failure, BaseException):
                 raise failure
-        return len(rows)
 
     async def _claimed(self, ids: list[int], lease_token: str) -> list[Claimed]:
         async with self.runtime.pool.connection() as conn:

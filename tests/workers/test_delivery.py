@@ -467,3 +467,39 @@ async def test_outcomes_are_written_while_a_large_batch_still_runs(
     smtp_sink.release.set()
     assert await job == count
     assert delivered() == count
+
+
+async def test_a_batch_longer_than_its_lease_keeps_it(
+    sender, smtp_sink, pipeline_factory
+):
+    """The sweeper must not hand a running batch's rows to another attempt."""
+    server, account, ses = sender
+    held = "slow@dest.test"
+    mid = ses.send_email(
+        Source="sender@example.com",
+        **{**SEND, "Destination": {"ToAddresses": [held]}},
+    )["MessageId"]
+    smtp_sink.hold_data_for.add(held)
+    settings = server.settings.model_copy(update={"lease_seconds": 1})
+    pipeline = await pipeline_factory(settings)
+    await pipeline.scheduler.check_epoch()
+    await pipeline.scheduler.dispatch()
+    job = asyncio.ensure_future(pipeline.run_jobs())
+
+    # Three leases long: the worker extends it, so sweeps release nothing.
+    for _ in range(15):
+        await asyncio.sleep(0.2)
+        await pipeline.scheduler.sweep()
+        [(state,)] = rows(
+            settings, "select state from recipients where message_id = %s", mid
+        )
+        assert state == "sending"
+    smtp_sink.release.set()
+    assert await job == 1
+    await pipeline.drain()
+
+    [(state,)] = rows(
+        settings, "select state from recipients where message_id = %s", mid
+    )
+    assert state == "delivered"
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [[held]]
