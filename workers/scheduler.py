@@ -228,42 +228,79 @@ async def run(settings: Settings) -> int:
     queue = Queue(DELIVERY_QUEUE, connection=sync_redis)
     scheduler = Scheduler(runtime, queue)
     scheduler.background_relay = True
-
-    lock = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    while True:
-        cur = await lock.execute("select pg_try_advisory_lock(%s)", (_SCHEDULER_LOCK,))
-        row = await cur.fetchone()
-        if row and row[0]:
-            break
-        await asyncio.sleep(settings.sweep_seconds)
-    event(log, "scheduler active")
     try:
         while True:
+            lock = await _take_lock(settings)
+            event(log, "scheduler active")
             try:
-                dispatched = await scheduler.tick()
-            except (
-                psycopg.OperationalError,
-                OSError,
-                # Redis away (restarting, failing over) is waited out like
-                # PostgreSQL; check_epoch repairs what a wipe lost.
-                redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError,
-            ) as exc:
-                event(
-                    log,
-                    "scheduler tick failed",
-                    logging.WARNING,
-                    error=type(exc).__name__,
-                )
-                await asyncio.sleep(1.0)
-                continue
-            if dispatched:
-                continue
-            await _wait_for_work(runtime, settings)
+                await _run_active(scheduler, lock)
+            finally:
+                await lock.close()
+            # The lock went with its connection (a PostgreSQL restart, a killed
+            # backend): a standby may hold it now, so queue up behind it.
+            event(log, "scheduler lock lost", logging.WARNING)
     finally:
-        await lock.close()
         await runtime.close()
         sync_redis.close()
+
+
+async def _take_lock(settings: Settings) -> psycopg.AsyncConnection[Any]:
+    """Wait until this process holds the scheduler lock; return its connection."""
+    assert settings.database_url
+    while True:
+        try:
+            lock = await psycopg.AsyncConnection.connect(
+                settings.database_url, autocommit=True
+            )
+        except psycopg.OperationalError:
+            await asyncio.sleep(settings.sweep_seconds)
+            continue
+        try:
+            cur = await lock.execute(
+                "select pg_try_advisory_lock(%s)", (_SCHEDULER_LOCK,)
+            )
+            row = await cur.fetchone()
+            if row and row[0]:
+                return lock
+        except psycopg.OperationalError:
+            pass
+        await lock.close()
+        await asyncio.sleep(settings.sweep_seconds)
+
+
+async def _run_active(scheduler: Scheduler, lock: psycopg.AsyncConnection[Any]) -> None:
+    """Tick until the lock's connection is found gone."""
+    runtime, settings = scheduler.runtime, scheduler.settings
+    checked = time.monotonic()
+    while True:
+        if time.monotonic() - checked >= settings.sweep_seconds:
+            checked = time.monotonic()
+            try:
+                # A dead connection shows only when used.
+                await lock.execute("select 1")
+            except psycopg.Error:
+                return
+        try:
+            dispatched = await scheduler.tick()
+        except (
+            psycopg.OperationalError,
+            OSError,
+            # Redis away (restarting, failing over) is waited out like
+            # PostgreSQL; check_epoch repairs what a wipe lost.
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        ) as exc:
+            event(
+                log,
+                "scheduler tick failed",
+                logging.WARNING,
+                error=type(exc).__name__,
+            )
+            await asyncio.sleep(1.0)
+            continue
+        if dispatched:
+            continue
+        await _wait_for_work(runtime, settings)
 
 
 async def _wait_for_work(runtime: Runtime, settings: Settings) -> None:
