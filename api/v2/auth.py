@@ -28,7 +28,7 @@ from api.errors import ApiError
 from mta.accept import AcceptError, Acceptor, StoreUnavailable
 from mta.identities import IdentityError
 from mta.message import MessageError
-from sesame import ids
+from sesame import ids, metrics
 from sesame.accounts import Account
 from sesame.log import bound, event
 from sesame.runtime import Runtime
@@ -184,6 +184,9 @@ class V2Route(APIRoute):
             except Exception as exc:
                 response = error_response(exc, operation)
             response.headers["x-amzn-RequestId"] = request_id
+            outcome = response.headers.get("x-amzn-ErrorType", "Success")
+            # Operations and error types are fixed sets: bounded labels.
+            metrics.api_request(operation, outcome, time.perf_counter() - started)
             event(
                 log,
                 "request",

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 from fastapi import APIRouter, FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from api import sigv4
 from api.errors import ApiError
@@ -178,3 +179,27 @@ async def test_routers_of_other_modules_are_adopted():
     assert response.status_code == 403
     assert response.headers["x-amzn-ErrorType"] == "InvalidClientTokenId"
     assert response.headers["x-amzn-RequestId"]
+
+
+def test_v2_requests_are_counted_in_api_metrics(api_server, sandbox):
+    def count(action: str, outcome: str) -> float:
+        with urllib.request.urlopen(api_server.url + "/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "sesame_api_requests_total" and sample.labels == {
+                    "action": action,
+                    "outcome": outcome,
+                }:
+                    return sample.value
+        return 0.0
+
+    ok, missing = (
+        count("GetAccount", "Success"),
+        count("GetEmailIdentity", "NotFoundException"),
+    )
+    sandbox.client.get_account()
+    with pytest.raises(ClientError):
+        sandbox.client.get_email_identity(EmailIdentity="nobody.example.com")
+    assert count("GetAccount", "Success") == ok + 1
+    assert count("GetEmailIdentity", "NotFoundException") == missing + 1
