@@ -504,10 +504,10 @@ async def _missing_destination(
 # -- identity notification topics ---------------------------------------------
 #
 # SetIdentityNotificationTopic keeps one account-wide destination per identity
-# and notification type, named "identity-notification:<Type>:<identity>".
-# Limitation: the fan-out trigger matches account-wide destinations against
-# every message of the account, so a topic set on one identity also receives
-# that type's events for the account's other identities.
+# and notification type, named "identity-notification:<Type>:<identity>", with
+# the identity in its own column: the fan-out trigger sends it only the events
+# of mail from that identity (an address's topic over its domain's), and the
+# relay renders them as SES notifications (notificationType).
 
 
 def _notification_name(identity: str, notification_type: str) -> str:
@@ -533,12 +533,13 @@ async def set_identity_notification(
     event_type = NOTIFICATION_TYPES[notification_type]
     await conn.execute(
         "insert into event_destinations (account_id, configuration_set, name,"
-        " enabled, matching_event_types, url, envelope)"
-        " values (%s, null, %s, true, %s, %s, 'sns')"
+        " enabled, matching_event_types, url, envelope, identity)"
+        " values (%s, null, %s, true, %s, %s, 'sns', %s)"
         " on conflict (account_id, coalesce(configuration_set, ''), name)"
         " do update set url = excluded.url, enabled = true,"
-        " matching_event_types = excluded.matching_event_types",
-        (account_id, name, [event_type], check_url(url)),
+        " matching_event_types = excluded.matching_event_types,"
+        " identity = excluded.identity",
+        (account_id, name, [event_type], check_url(url), identity.lower()),
     )
 
 

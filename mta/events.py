@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "EVENT_TYPES",
+    "as_notification",
     "HEADER_FETCH_BYTES",
     "EventRow",
     "MessageRow",
@@ -120,6 +121,22 @@ def render(
         "mail": _mail(event, message),
         key: _OBJECTS[event.event_type](event, _detail(event), reporting_mta),
     }
+
+
+def as_notification(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn an event-publishing record into an identity notification.
+
+    SetIdentityNotificationTopic's notifications name their kind in
+    notificationType, carry no eventId and no mail tags, and are otherwise the
+    same objects (SES Developer Guide, notification contents).
+    """
+    mail = {k: v for k, v in record["mail"].items() if k != "tags"}
+    notification: dict[str, Any] = {"notificationType": record["eventType"]}
+    notification["mail"] = mail
+    for key, value in record.items():
+        if key not in ("eventType", "eventId", "mail"):
+            notification[key] = value
+    return notification
 
 
 # -- the mail object ------------------------------------------------------------

@@ -185,6 +185,8 @@ class Destination:
     envelope: str
     enabled: bool
     secret: str | None  # None: unsigned; sealed but unreadable is an error
+    # Set for SetIdentityNotificationTopic destinations: SES notification JSON.
+    identity: str | None = None
 
 
 class UrlRefused(ValueError):
@@ -478,6 +480,8 @@ async def _prepare(
                     messages.get(row.message_id or ""),
                     reporting_mta=settings.hostname,
                 )
+            if destination.identity is not None:
+                record = events.as_notification(record)
             body, headers = payload(
                 record, destination, row.id, row.created_at, settings.region
             )
@@ -521,7 +525,8 @@ async def _destinations(
     """Load destinations by id; one whose secret does not open is left out."""
     cur = await conn.execute(
         "select id, account_id, configuration_set, name, url, envelope, enabled,"
-        " signing_secret_sealed from event_destinations where id = any(%s)",
+        " signing_secret_sealed, identity from event_destinations"
+        " where id = any(%s)",
         (list(ids),),
     )
     found: dict[int, Destination] = {}
@@ -548,6 +553,7 @@ async def _destinations(
             envelope=row[5],
             enabled=row[6],
             secret=secret,
+            identity=row[8],
         )
     return found
 

@@ -197,6 +197,7 @@ def insert_message(
     configuration_set: str | None = None,
     tags: dict[str, str] | None = None,
     raw: bytes = RAW,
+    source: str = "Shop <shop@example.com>",
 ) -> tuple[str, list[int]]:
     """Insert an accepted message, its recipient rows and its send event."""
     message_id = f"0100-webhooks-{next(_counter):06d}-000000"
@@ -205,11 +206,12 @@ def insert_message(
             conn.execute(
                 "insert into messages (id, account_id, source, from_domain, subject,"
                 " raw, recipient_count, interface, configuration_set, tags)"
-                " values (%s, %s, 'Shop <shop@example.com>', 'example.com',"
+                " values (%s, %s, %s, 'example.com',"
                 " 'Your order', %s, %s, 'api', %s, %s)",
                 (
                     message_id,
                     account_id,
+                    source,
                     raw,
                     len(recipients),
                     configuration_set,

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from mta import configuration_sets
 from tests.webhooks.conftest import add_destination, insert_message, query
 from workers import webhooks
 
@@ -98,6 +99,50 @@ async def test_sns_envelope_wraps_the_event_as_a_string(
     assert request.headers["x-amz-sns-message-type"] == "Notification"
     assert request.headers["x-amz-sns-message-id"] == notification["MessageId"]
     assert request.headers["x-amz-sns-topic-arn"] == notification["TopicArn"]
+
+
+async def test_identity_topics_get_their_identity_mail_as_notifications(
+    runtime, settings, account_id, consumer
+):
+    async with runtime.pool.connection() as conn:
+        for identity, path in (("example.com", "/domain"), ("VIP@example.com", "/vip")):
+            await configuration_sets.set_identity_notification(
+                conn, account_id, identity, "Delivery", consumer.url + path
+            )
+    sent = {
+        "shop": insert_message(settings, account_id, ["a@example.net"]),
+        "vip": insert_message(
+            settings, account_id, ["b@example.net"], source="VIP <vip@Example.com>"
+        ),
+        "other": insert_message(
+            settings, account_id, ["c@example.net"], source="news@other.example"
+        ),
+    }
+    for message_id, [recipient_id] in sent.values():
+        query(
+            settings,
+            "insert into events (account_id, message_id, recipient_id, event_type,"
+            " recipient, detail) select %s, %s, id, 'delivery', address, %s"
+            " from recipients where id = %s",
+            account_id,
+            message_id,
+            json.dumps({"smtpResponse": "250 2.0.0 Ok", "reportingMTA": "mx"}),
+            recipient_id,
+        )
+
+    # Only mail from each topic's identity, the address's own topic over its
+    # domain's, and only the Delivery events (no Send).
+    assert await webhooks.relay_due(runtime) == 2
+    received = {r.path: json.loads(r.json()["Message"]) for r in consumer.requests}
+    assert set(received) == {"/hooks/ses/domain", "/hooks/ses/vip"}
+    domain, vip = received["/hooks/ses/domain"], received["/hooks/ses/vip"]
+    assert domain["mail"]["messageId"] == sent["shop"][0]
+    assert vip["mail"]["messageId"] == sent["vip"][0]
+    # SES notification contents: notificationType, no eventId, no mail tags.
+    assert set(domain) == {"notificationType", "mail", "delivery"}
+    assert domain["notificationType"] == "Delivery"
+    assert "tags" not in domain["mail"]
+    assert domain["delivery"]["recipients"] == ["a@example.net"]
 
 
 async def test_a_failing_consumer_is_retried_with_backoff_then_succeeds(
