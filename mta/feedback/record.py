@@ -72,9 +72,14 @@ _DEFAULT_DELAY_REPLY = 450
 _IP_SEPARATORS = re.compile(r"[\s()\[\];,]+")
 _FEEDBACK_ID_LABEL = b"sesame feedback-id v1\x00"
 
+# A configuration set's suppressed reasons replace the account's, as at delivery.
 _RECIPIENT_SQL = (
-    "select r.message_id, r.account_id, r.address, a.suppressed_reasons"
-    " from recipients r join accounts a on a.id = r.account_id where r.id = %s"
+    "select r.message_id, r.account_id, r.address,"
+    " coalesce(c.suppressed_reasons, a.suppressed_reasons)"
+    " from recipients r join accounts a on a.id = r.account_id"
+    " join messages m on m.id = r.message_id"
+    " left join configuration_sets c on c.account_id = m.account_id"
+    " and c.name = m.configuration_set where r.id = %s"
 )
 _EVENT_SQL = (
     "insert into events (account_id, message_id, recipient_id, event_type,"

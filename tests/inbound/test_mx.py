@@ -234,6 +234,28 @@ def test_account_without_complaint_suppression_keeps_the_address(
     assert suppression(mx_settings, account, "nobody@example.net")[0] == "BOUNCE"
 
 
+def test_configuration_set_suppression_reasons_replace_the_account_s(
+    mx, make_row, mx_settings, account
+):
+    # The account suppresses on both reasons; the set on neither.
+    query(
+        mx_settings,
+        "insert into configuration_sets (account_id, name, suppressed_reasons)"
+        " values (%s, 'transactional', '{}') returning name",
+        account,
+    )
+    complained = make_row("reader@example.net")
+    query(
+        mx_settings,
+        "update messages set configuration_set = 'transactional' where id = %s"
+        " returning id",
+        complained.message_id,
+    )
+    mx.send(corpus("arf_abuse.eml", complained.token))
+    assert [e[0] for e in events(mx_settings, complained.recipient_id)] == ["complaint"]
+    assert suppression(mx_settings, account, "reader@example.net") is None
+
+
 def test_account_without_bounce_suppression_keeps_the_address(
     mx, make_row, mx_settings, account
 ):
