@@ -503,3 +503,61 @@ async def test_a_batch_longer_than_its_lease_keeps_it(
     )
     assert state == "delivered"
     assert [m.rcpt_tos for m in smtp_sink.messages] == [[held]]
+
+
+def test_a_job_rq_times_out_stops_sending(sender, smtp_sink, redis_client):
+    """RQ's job timeout interrupts the worker's wait; the batch must stop too."""
+    from redis import Redis as SyncRedis
+    from rq import Queue, SimpleWorker
+
+    from tests.support.pipeline import open_pipeline
+    from workers import DELIVERY_QUEUE
+    from workers import deliver as worker
+
+    server, account, ses = sender
+    held = "held@dest.test"
+    mid = ses.send_email(
+        Source="sender@example.com",
+        **{**SEND, "Destination": {"ToAddresses": [held]}},
+    )["MessageId"]
+    smtp_sink.hold_data_for.add(held)
+    # A one-second lease: RQ gives the job six, then stops it.
+    settings = server.settings.model_copy(update={"lease_seconds": 1})
+
+    async def dispatch() -> None:
+        pipeline = await open_pipeline(settings)
+        try:
+            await pipeline.scheduler.check_epoch()
+            assert await pipeline.scheduler.dispatch() == 1
+        finally:
+            await pipeline.deliverer.close()
+            await pipeline.runtime.close()
+
+    asyncio.run(dispatch())
+    worker._settings = settings
+    try:
+        connection = SyncRedis.from_url(settings.redis_url)
+        queue = Queue(DELIVERY_QUEUE, connection=connection)
+        SimpleWorker([queue], connection=connection).work(
+            burst=True, logging_level="WARNING", with_scheduler=False
+        )
+        assert queue.failed_job_registry.count == 1
+        # Had the batch gone on, the held message would now be delivered.
+        smtp_sink.release.set()
+        smtp_sink.wait_until(lambda: smtp_sink.active_connections == 0)
+        assert smtp_sink.messages == []
+    finally:
+        loop, deliverer = worker._loop, worker._deliverer
+        if loop is not None and deliverer is not None:
+
+            async def close() -> None:
+                await deliverer.close()
+                await deliverer.runtime.close()
+
+            asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+        worker._settings = worker._loop = worker._deliverer = None
+    [(state,)] = rows(
+        settings, "select state from recipients where message_id = %s", mid
+    )
+    assert state == "sending"  # until its lease ends; then the sweeper retries it
