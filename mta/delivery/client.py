@@ -85,13 +85,10 @@ class _ReplyReader(asyncio.Protocol):
         self._buffer += data
         try:
             self._parse()
+            if len(self._buffer) > _MAX_LINE:  # a line without its end, too long
+                raise MalformedReply("reply line too long")
         except MalformedReply as exc:
             self._fail(exc)
-            assert self.transport is not None
-            self.transport.abort()
-            return
-        if len(self._buffer) > _MAX_LINE:
-            self._fail(MalformedReply("reply line too long"))
             assert self.transport is not None
             self.transport.abort()
             return

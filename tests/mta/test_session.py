@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -37,29 +37,8 @@ def pipelining(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def smtp_sink(
-    delivery_port: int, tls_ca: trustme.CA, pipelining: bool
-) -> Iterator[SmtpSink]:
-    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca, pipelining=pipelining) as sink:
-        yield sink
-
-
-@pytest.fixture
-def smtp_sinks(
-    delivery_port: int, tls_ca: trustme.CA, pipelining: bool
-) -> Iterator[Callable[..., SmtpSink]]:
-    started: list[SmtpSink] = []
-
-    def start(host: str, **knobs: Any) -> SmtpSink:
-        knobs.setdefault("pipelining", pipelining)
-        sink = SmtpSink(host, delivery_port, ca=tls_ca, **knobs)
-        sink.start()
-        started.append(sink)
-        return sink
-
-    yield start
-    for sink in reversed(started):
-        sink.stop()
+def sink_knobs(pipelining: bool) -> dict[str, Any]:
+    return {"pipelining": pipelining}
 
 
 def command_groups(sink: SmtpSink) -> list[list[bytes]]:

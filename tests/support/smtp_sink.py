@@ -358,21 +358,29 @@ def delivery_port() -> int:
 
 
 @pytest.fixture
-def smtp_sink(delivery_port: int, tls_ca: trustme.CA) -> Iterator[SmtpSink]:
+def sink_knobs() -> dict[str, Any]:
+    """Knobs every sink of a test starts with; a module may override this."""
+    return {}
+
+
+@pytest.fixture
+def smtp_sink(
+    delivery_port: int, tls_ca: trustme.CA, sink_knobs: dict[str, Any]
+) -> Iterator[SmtpSink]:
     """A recording sink on 127.0.0.2:delivery_port."""
-    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca) as sink:
+    with SmtpSink("127.0.0.2", delivery_port, ca=tls_ca, **sink_knobs) as sink:
         yield sink
 
 
 @pytest.fixture
 def smtp_sinks(
-    delivery_port: int, tls_ca: trustme.CA
+    delivery_port: int, tls_ca: trustme.CA, sink_knobs: dict[str, Any]
 ) -> Iterator[Callable[..., SmtpSink]]:
     """A factory: smtp_sinks("127.0.0.3", **knobs) starts another sink."""
     started: list[SmtpSink] = []
 
     def start(host: str, **knobs: Any) -> SmtpSink:
-        sink = SmtpSink(host, delivery_port, ca=tls_ca, **knobs)
+        sink = SmtpSink(host, delivery_port, ca=tls_ca, **{**sink_knobs, **knobs})
         sink.start()
         started.append(sink)
         return sink

@@ -31,6 +31,22 @@ def sender(delivery_settings, redis_client):
     server.thread.join(10)
 
 
+def send_to(ses, address: str) -> str:
+    """Send SEND to one address from sender@example.com; return the MessageId."""
+    return ses.send_email(
+        Source="sender@example.com",
+        **{**SEND, "Destination": {"ToAddresses": [address]}},
+    )["MessageId"]
+
+
+def allow_send_rate(settings, account_id: str, rate: int) -> None:
+    """Let the account send rate recipients a second, so a test sends quickly."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "update accounts set max_send_rate = %s where id = %s", (rate, account_id)
+        )
+
+
 async def test_message_is_delivered_with_verp_return_path(
     sender, smtp_sink, pipeline_factory
 ):
@@ -340,15 +356,9 @@ async def test_site_limits_are_shared_by_the_worker_processes(
     sender, smtp_sink, pipeline_factory
 ):
     server, account, ses = sender
-    with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
-        conn.execute(
-            "update accounts set max_send_rate = 100 where id = %s", (account.id,)
-        )
+    allow_send_rate(server.settings, account.id, 100)
     for n in range(12):
-        ses.send_email(
-            Source="sender@example.com",
-            **{**SEND, "Destination": {"ToAddresses": [f"user{n}@dest.test"]}},
-        )
+        send_to(ses, f"user{n}@dest.test")
     # Two worker processes share a site allowed 2 connections: one each.
     settings = server.settings.model_copy(
         update={"workers": 2, "site_limits": '{"dest.test": {"max_connections": 2}}'}
@@ -430,18 +440,9 @@ async def test_outcomes_are_written_while_a_large_batch_still_runs(
     from mta.delivery.deliverer import RECORD_EVERY
 
     server, account, ses = sender
-    with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
-        conn.execute(
-            "update accounts set max_send_rate = 1000 where id = %s", (account.id,)
-        )
+    allow_send_rate(server.settings, account.id, 1000)
     count = RECORD_EVERY + 50
-    mids = [
-        ses.send_email(
-            Source="sender@example.com",
-            **{**SEND, "Destination": {"ToAddresses": [f"user{n}@dest.test"]}},
-        )["MessageId"]
-        for n in range(count)
-    ]
+    mids = [send_to(ses, f"user{n}@dest.test") for n in range(count)]
     smtp_sink.hold_data_for.add(f"user{count - 1}@dest.test")
     settings = server.settings.model_copy(update={"dispatch_batch_size": count})
     pipeline = await pipeline_factory(settings)
@@ -475,10 +476,7 @@ async def test_a_batch_longer_than_its_lease_keeps_it(
     """The sweeper must not hand a running batch's rows to another attempt."""
     server, account, ses = sender
     held = "slow@dest.test"
-    mid = ses.send_email(
-        Source="sender@example.com",
-        **{**SEND, "Destination": {"ToAddresses": [held]}},
-    )["MessageId"]
+    mid = send_to(ses, held)
     smtp_sink.hold_data_for.add(held)
     settings = server.settings.model_copy(update={"lease_seconds": 1})
     pipeline = await pipeline_factory(settings)
@@ -516,10 +514,7 @@ def test_a_job_rq_times_out_stops_sending(sender, smtp_sink, redis_client):
 
     server, account, ses = sender
     held = "held@dest.test"
-    mid = ses.send_email(
-        Source="sender@example.com",
-        **{**SEND, "Destination": {"ToAddresses": [held]}},
-    )["MessageId"]
+    mid = send_to(ses, held)
     smtp_sink.hold_data_for.add(held)
     # A one-second lease: RQ gives the job six, then stops it.
     settings = server.settings.model_copy(update={"lease_seconds": 1})
